@@ -1,0 +1,20 @@
+//! The sans-IO heart of ringmesh.
+//!
+//! This crate holds everything about the mesh that can be decided without touching the
+//! outside world: the configuration schema and its validation, destination lookup, load
+//! balancing, SPIFFE ID parsing, and the per-worker metric shards with their Prometheus
+//! rendering. Every function here is deterministic: time is passed in as a value, nothing
+//! opens a socket, spawns a thread or reads a clock.
+//!
+//! It deliberately contains no runtime, no syscalls and no I/O; `uring-proxy` owns those.
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod config;
+pub mod lb;
+pub mod metrics;
+pub mod spiffe;
+
+pub use addr::{ClientAddr, OrigDst, canonical};
+pub use config::{Config, ConfigError, Format, Route};
+pub use spiffe::SpiffeId;

@@ -1,0 +1,493 @@
+//! Metric shards and their Prometheus text rendering.
+//!
+//! Each worker owns one [`WorkerShard`] and is its only writer, so an update is a plain load
+//! and store, with no lock and no contended atomic read-modify-write on the hot path. The
+//! admin server reads every shard (relaxed loads) and sums them when scraped. Labels are
+//! closed enums indexed into fixed arrays: recording a metric never allocates.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// A counter written by one thread only (its worker) and read by any.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: a load and a store cannot lose an update, and cost no locked op.
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A gauge written by one thread only.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    #[inline]
+    pub fn add(&self, n: i64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the connection duration histogram's buckets.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+];
+
+/// A fixed-bucket histogram of durations, single writer.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Non-cumulative counts; the last is the `+Inf` overflow.
+    buckets: [Counter; DURATION_BUCKETS.len() + 1],
+    sum_micros: Counter,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = DURATION_BUCKETS.partition_point(|&b| b < secs);
+        self.buckets[i].inc();
+        self.sum_micros
+            .add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+}
+
+macro_rules! label_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $var),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            pub const COUNT: usize = Self::ALL.len();
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$var => $s),+ }
+            }
+            fn idx(self) -> usize { self as usize }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// Which listener accepted the connection.
+    Direction { Inbound => "inbound", Outbound => "outbound" }
+);
+
+label_enum!(
+    /// Which side of a proxied connection something happened on; also the log field `side`.
+    Side {
+        /// The peer that connected to the proxy.
+        Downstream => "downstream",
+        /// The peer the proxy connected to.
+        Upstream => "upstream",
+        /// The proxy itself (resources, bugs).
+        Internal => "internal",
+    }
+);
+
+label_enum!(
+    /// How a connection ended. Every opened connection ends in exactly one outcome.
+    Outcome {
+        /// Both sides closed cleanly.
+        Ok => "ok",
+        /// No byte moved for the idle timeout.
+        IdleTimeout => "idle_timeout",
+        /// Still open when the drain deadline passed.
+        Drained => "drained",
+        /// The downstream peer reset or failed.
+        DownstreamError => "downstream_error",
+        /// The upstream refused, reset or failed.
+        UpstreamError => "upstream_error",
+        /// The upstream did not answer the connect in time.
+        ConnectTimeout => "connect_timeout",
+        /// The proxy could not serve it (e.g. out of file descriptors).
+        InternalError => "internal_error",
+        /// Refused: its original destination was the proxy itself.
+        RedirectLoop => "redirect_loop",
+        /// Refused: unknown destination and egress is denied.
+        EgressDenied => "egress_denied",
+        /// Refused: the worker was at its connection limit.
+        ConnectionLimit => "connection_limit",
+        /// Refused: the kernel had no original destination for it.
+        NoOriginalDst => "no_original_dst",
+    }
+);
+
+impl Outcome {
+    /// Refused before any upstream was dialled.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            Outcome::RedirectLoop
+                | Outcome::EgressDenied
+                | Outcome::ConnectionLimit
+                | Outcome::NoOriginalDst
+        )
+    }
+}
+
+label_enum!(
+    /// How an outbound destination was resolved.
+    RouteKind { Service => "service", Endpoint => "endpoint", Egress => "egress" }
+);
+
+label_enum!(
+    /// How a connection's bytes were copied.
+    CopyKind { Splice => "splice", Buffered => "buffered" }
+);
+
+label_enum!(
+    /// Why accept failed.
+    AcceptError { FdExhausted => "fd_exhausted", Other => "other" }
+);
+
+type PerDir<T> = [T; Direction::COUNT];
+
+/// One worker's metrics. Aligned so two workers' shards never share a cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerShard {
+    opened: PerDir<Counter>,
+    closed: PerDir<[Counter; Outcome::COUNT]>,
+    active: PerDir<Gauge>,
+    /// Bytes received from each side, by direction.
+    bytes: PerDir<[Counter; Side::COUNT]>,
+    duration: PerDir<Histogram>,
+    routes: [Counter; RouteKind::COUNT],
+    copies: [Counter; CopyKind::COUNT],
+    accept_errors: [Counter; AcceptError::COUNT],
+}
+
+impl WorkerShard {
+    pub fn opened(&self, dir: Direction) {
+        self.opened[dir.idx()].inc();
+        self.active[dir.idx()].add(1);
+    }
+
+    /// Ends a connection opened with [`opened`](Self::opened).
+    pub fn closed(&self, dir: Direction, outcome: Outcome, lifetime: Duration) {
+        self.closed[dir.idx()][outcome.idx()].inc();
+        self.active[dir.idx()].add(-1);
+        self.duration[dir.idx()].observe(lifetime);
+    }
+
+    /// Bytes read from `from` (downstream or upstream) on a `dir` connection.
+    #[inline]
+    pub fn bytes(&self, dir: Direction, from: Side, n: u64) {
+        self.bytes[dir.idx()][from.idx()].add(n);
+    }
+
+    pub fn route(&self, kind: RouteKind) {
+        self.routes[kind.idx()].inc();
+    }
+
+    pub fn copy(&self, kind: CopyKind) {
+        self.copies[kind.idx()].inc();
+    }
+
+    pub fn accept_error(&self, kind: AcceptError) {
+        self.accept_errors[kind.idx()].inc();
+    }
+
+    /// Connections this worker holds now, both directions.
+    pub fn active_total(&self) -> i64 {
+        self.active.iter().map(Gauge::get).sum()
+    }
+
+    pub fn active(&self, dir: Direction) -> i64 {
+        self.active[dir.idx()].get()
+    }
+
+    pub fn opened_count(&self, dir: Direction) -> u64 {
+        self.opened[dir.idx()].get()
+    }
+
+    pub fn closed_count(&self, dir: Direction, outcome: Outcome) -> u64 {
+        self.closed[dir.idx()][outcome.idx()].get()
+    }
+
+    pub fn bytes_count(&self, dir: Direction, from: Side) -> u64 {
+        self.bytes[dir.idx()][from.idx()].get()
+    }
+}
+
+/// Process-wide values owned by the control thread, rendered beside the shards.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessInfo {
+    pub version: &'static str,
+    /// `io_uring` or `epoll`.
+    pub driver: &'static str,
+    /// Why the driver is not io_uring, when it is not.
+    pub driver_fallback_reason: Option<String>,
+    /// The copy `auto` resolves to, per the config.
+    pub copy_mode: &'static str,
+    pub workers: usize,
+    pub config_version: u64,
+    pub config_reloads_ok: u64,
+    pub config_reloads_rejected: u64,
+    pub ready: bool,
+    pub draining: bool,
+    /// Seconds since the Unix epoch when the process started.
+    pub start_time_seconds: u64,
+}
+
+/// Sums the shards and writes the Prometheus text exposition (format 0.0.4).
+pub fn render(shards: &[&WorkerShard], info: &ProcessInfo) -> String {
+    let mut o = String::with_capacity(8 * 1024);
+    let sum = |f: &dyn Fn(&WorkerShard) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
+
+    header(
+        &mut o,
+        "ringmesh_build_info",
+        "gauge",
+        "Build and runtime facts, value 1.",
+    );
+    let _ = writeln!(
+        o,
+        "ringmesh_build_info{{version=\"{}\",driver=\"{}\",copy_mode=\"{}\"}} 1",
+        info.version, info.driver, info.copy_mode
+    );
+    header(
+        &mut o,
+        "ringmesh_driver",
+        "gauge",
+        "I/O driver in use (1 for the active one).",
+    );
+    for d in ["io_uring", "epoll"] {
+        let _ = writeln!(
+            o,
+            "ringmesh_driver{{driver=\"{d}\"}} {}",
+            u8::from(info.driver == d)
+        );
+    }
+    if let Some(reason) = &info.driver_fallback_reason {
+        header(
+            &mut o,
+            "ringmesh_driver_fallback",
+            "gauge",
+            "Why io_uring is not in use.",
+        );
+        let _ = writeln!(
+            o,
+            "ringmesh_driver_fallback{{reason=\"{}\"}} 1",
+            escape(reason)
+        );
+    }
+    header(
+        &mut o,
+        "ringmesh_workers",
+        "gauge",
+        "Worker threads (one per core).",
+    );
+    let _ = writeln!(o, "ringmesh_workers {}", info.workers);
+    header(
+        &mut o,
+        "ringmesh_ready",
+        "gauge",
+        "1 when serving, 0 when starting or draining.",
+    );
+    let _ = writeln!(o, "ringmesh_ready {}", u8::from(info.ready));
+    header(
+        &mut o,
+        "ringmesh_draining",
+        "gauge",
+        "1 once a drain has begun.",
+    );
+    let _ = writeln!(o, "ringmesh_draining {}", u8::from(info.draining));
+    header(
+        &mut o,
+        "ringmesh_process_start_time_seconds",
+        "gauge",
+        "Start time, Unix seconds.",
+    );
+    let _ = writeln!(
+        o,
+        "ringmesh_process_start_time_seconds {}",
+        info.start_time_seconds
+    );
+    header(
+        &mut o,
+        "ringmesh_config_version",
+        "gauge",
+        "Version of the active config.",
+    );
+    let _ = writeln!(o, "ringmesh_config_version {}", info.config_version);
+    header(
+        &mut o,
+        "ringmesh_config_reloads_total",
+        "counter",
+        "Config reloads by result.",
+    );
+    let _ = writeln!(
+        o,
+        "ringmesh_config_reloads_total{{result=\"applied\"}} {}",
+        info.config_reloads_ok
+    );
+    let _ = writeln!(
+        o,
+        "ringmesh_config_reloads_total{{result=\"rejected\"}} {}",
+        info.config_reloads_rejected
+    );
+
+    header(
+        &mut o,
+        "ringmesh_connections_opened_total",
+        "counter",
+        "Connections accepted.",
+    );
+    for d in Direction::ALL {
+        let v = sum(&|s| s.opened[d.idx()].get());
+        let _ = writeln!(
+            o,
+            "ringmesh_connections_opened_total{{direction=\"{d}\"}} {v}"
+        );
+    }
+    header(
+        &mut o,
+        "ringmesh_connections_closed_total",
+        "counter",
+        "Connections ended, by outcome.",
+    );
+    for d in Direction::ALL {
+        for oc in Outcome::ALL {
+            let v = sum(&|s| s.closed[d.idx()][oc.idx()].get());
+            let _ = writeln!(
+                o,
+                "ringmesh_connections_closed_total{{direction=\"{d}\",outcome=\"{oc}\"}} {v}"
+            );
+        }
+    }
+    header(
+        &mut o,
+        "ringmesh_connections_refused_total",
+        "counter",
+        "Connections refused before an upstream was dialled, by reason.",
+    );
+    for d in Direction::ALL {
+        for oc in Outcome::ALL.iter().filter(|o| o.is_refusal()) {
+            let v = sum(&|s| s.closed[d.idx()][oc.idx()].get());
+            let _ = writeln!(
+                o,
+                "ringmesh_connections_refused_total{{direction=\"{d}\",reason=\"{oc}\"}} {v}"
+            );
+        }
+    }
+    header(
+        &mut o,
+        "ringmesh_connections_active",
+        "gauge",
+        "Connections open now.",
+    );
+    for d in Direction::ALL {
+        let v: i64 = shards.iter().map(|s| s.active[d.idx()].get()).sum();
+        let _ = writeln!(o, "ringmesh_connections_active{{direction=\"{d}\"}} {v}");
+    }
+    header(
+        &mut o,
+        "ringmesh_bytes_total",
+        "counter",
+        "Bytes received from each side.",
+    );
+    for d in Direction::ALL {
+        for side in [Side::Downstream, Side::Upstream] {
+            let v = sum(&|s| s.bytes[d.idx()][side.idx()].get());
+            let _ = writeln!(
+                o,
+                "ringmesh_bytes_total{{direction=\"{d}\",from=\"{side}\"}} {v}"
+            );
+        }
+    }
+    header(
+        &mut o,
+        "ringmesh_connection_duration_seconds",
+        "histogram",
+        "Connection lifetime, accept to close.",
+    );
+    for d in Direction::ALL {
+        let mut cumulative = 0;
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += sum(&|s| s.duration[d.idx()].buckets[i].get());
+            let _ = writeln!(
+                o,
+                "ringmesh_connection_duration_seconds_bucket{{direction=\"{d}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += sum(&|s| s.duration[d.idx()].buckets[DURATION_BUCKETS.len()].get());
+        let micros = sum(&|s| s.duration[d.idx()].sum_micros.get());
+        let _ = writeln!(
+            o,
+            "ringmesh_connection_duration_seconds_bucket{{direction=\"{d}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            o,
+            "ringmesh_connection_duration_seconds_sum{{direction=\"{d}\"}} {}",
+            micros as f64 / 1e6
+        );
+        let _ = writeln!(
+            o,
+            "ringmesh_connection_duration_seconds_count{{direction=\"{d}\"}} {cumulative}"
+        );
+    }
+    header(
+        &mut o,
+        "ringmesh_outbound_routes_total",
+        "counter",
+        "Outbound destinations by kind.",
+    );
+    for r in RouteKind::ALL {
+        let v = sum(&|s| s.routes[r.idx()].get());
+        let _ = writeln!(o, "ringmesh_outbound_routes_total{{route=\"{r}\"}} {v}");
+    }
+    header(
+        &mut o,
+        "ringmesh_copy_connections_total",
+        "counter",
+        "Connections by copy method.",
+    );
+    for c in CopyKind::ALL {
+        let v = sum(&|s| s.copies[c.idx()].get());
+        let _ = writeln!(o, "ringmesh_copy_connections_total{{mode=\"{c}\"}} {v}");
+    }
+    header(
+        &mut o,
+        "ringmesh_accept_errors_total",
+        "counter",
+        "Failed accepts, by cause.",
+    );
+    for a in AcceptError::ALL {
+        let v = sum(&|s| s.accept_errors[a.idx()].get());
+        let _ = writeln!(o, "ringmesh_accept_errors_total{{reason=\"{a}\"}} {v}");
+    }
+    o
+}
+
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests;
