@@ -246,6 +246,7 @@ impl RawConfig {
         let inbound = parse_addr(&self.listeners.inbound, "listeners.inbound", &mut errs);
         if let (Some(o), Some(i)) = (outbound, inbound)
             && o.port() == i.port()
+            && o.port() != 0
         {
             errs.push(ConfigError::new(
                 "listeners.inbound",

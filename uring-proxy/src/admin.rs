@@ -1,0 +1,98 @@
+//! The admin HTTP server, on the control thread: `/metrics` (Prometheus text), `/ready`,
+//! `/live`, `/config` (the active config as JSON, with its version).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::state::{Phase, Shared};
+
+pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin server could not start");
+            return;
+        }
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&req, &shared)) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection failed");
+            }
+        });
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/ready" | "/live" | "/config") {
+        return respond(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found; try /metrics /ready /live /config\n",
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n");
+    }
+    match path {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.render_metrics(),
+        ),
+        "/ready" => match (shared.ready(), shared.phase()) {
+            (true, _) => respond(StatusCode::OK, TEXT, "ready\n"),
+            (false, Phase::Running) => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n"),
+            (false, _) => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n"),
+        },
+        "/live" => respond(StatusCode::OK, TEXT, "live\n"),
+        _ => {
+            let snap = shared.config.load();
+            let body = serde_json::json!({ "version": snap.version, "config": snap.config.raw() });
+            respond(StatusCode::OK, "application/json", format!("{body:#}\n"))
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `uring-proxy`: the ringmesh data plane binary.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ringmesh_core::config::{Config, DEFAULT_YAML};
+use uring_proxy::{DriverChoice, Proxy, ProxyOptions, SoOriginalDst};
+
+/// ringmesh data plane: a transparent TCP proxy, one io_uring worker per core.
+///
+/// Takes the connections that `mesh-redirect` sends to its outbound (15001) and inbound
+/// (15006) listeners, recovers where each was going (SO_ORIGINAL_DST), routes it by the mesh
+/// config, and copies bytes both ways. SIGHUP re-reads --config; SIGTERM drains.
+#[derive(Debug, Parser)]
+#[command(name = "uring-proxy", version, about, long_about)]
+struct Args {
+    /// Config file (YAML, or JSON if it ends in .json). Without it the embedded default
+    /// serves: sidecar ports, egress allowed, no services (see --print-default-config).
+    #[arg(short, long, env = "RINGMESH_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Worker threads, one per core [default: the CPUs this process may use].
+    #[arg(long, env = "RINGMESH_WORKERS")]
+    workers: Option<NonZeroUsize>,
+
+    /// I/O driver: io_uring, falling back to epoll (auto), or one of them only.
+    #[arg(long, value_enum, default_value_t = DriverChoice::Auto, env = "RINGMESH_DRIVER")]
+    driver: DriverChoice,
+
+    /// On SIGTERM, how long in-flight connections get to finish before they are reset.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
+    #[arg(long, default_value = "info", env = "RINGMESH_LOG")]
+    log_level: String,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "RINGMESH_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+
+    /// Validate the config, print every error, and exit.
+    #[arg(long)]
+    check_config: bool,
+
+    /// Print the embedded default config and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(args: &Args) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .map_err(|e| format!("--log-level {:?}: {e}", args.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{DEFAULT_YAML}");
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = init_logging(&args) {
+        eprintln!("uring-proxy: {e}");
+        return ExitCode::from(2);
+    }
+    let config = match &args.config {
+        Some(path) => match uring_proxy::load_config_file(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("config error: {e}");
+                }
+                tracing::error!(
+                    path = %path.display(),
+                    "config rejected ({} error(s)); fix the file and start again",
+                    errors.len()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::embedded_default(),
+    };
+    if args.check_config {
+        println!("config OK");
+        return ExitCode::SUCCESS;
+    }
+    match uring_proxy::raise_fd_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
+    let opts = ProxyOptions {
+        workers: args.workers.map(NonZeroUsize::get),
+        driver: args.driver,
+        orig_dst: std::sync::Arc::new(SoOriginalDst),
+        admin: true,
+        signals: true,
+        drain_timeout: args.drain_timeout,
+        pin: !args.no_pin,
+        config_path: args.config.clone(),
+    };
+    let proxy = match Proxy::start(config, opts) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match proxy.wait() {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("stopped with errors: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! One outbound connection, top to bottom: the app dialled some address, NAT sent it to our
+//! outbound listener, and we take it where it was going (or where the mesh says it goes).
+
+use std::rc::Rc;
+
+use monoio::net::TcpStream;
+use ringmesh_core::ClientAddr;
+use ringmesh_core::config::{EgressPolicy, Route};
+use ringmesh_core::metrics::{Direction, Outcome, RouteKind};
+
+use crate::pipeline::{self, Conn, Stop};
+use crate::state::copy_kind;
+use crate::worker::{ConnRecord, WorkerCtx};
+
+pub(crate) async fn serve(ctx: Rc<WorkerCtx>, down: TcpStream, client: ClientAddr) {
+    let record = ConnRecord::open(ctx.shard(), Direction::Outbound);
+    let mut conn = Conn::new(Direction::Outbound, client);
+    let stop = pipeline::until_closing(&ctx, &down, proxy(&ctx, &down, &mut conn)).await;
+    conn.end(&ctx, record, stop);
+}
+
+async fn proxy(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Stop {
+    // 1. The accepted socket.
+    if let Err(stop) = pipeline::prepare(down) {
+        return stop;
+    }
+    // 2. Where it was going.
+    let dst = match pipeline::original_dst(ctx, down, conn.client) {
+        Ok(dst) => dst,
+        Err(stop) => return stop,
+    };
+    conn.dst = Some(dst);
+
+    // 3. Policy: a service's virtual address is balanced over its endpoints, a known
+    //    endpoint is used as is, anything else follows the egress policy.
+    let snap = ctx.shared.config.load();
+    let target = match snap.config.route(dst) {
+        Route::Service { index, service } => {
+            ctx.shard().route(RouteKind::Service);
+            service.pick(ctx.next_turn(snap.version, index)).addr
+        }
+        Route::Endpoint { endpoint, .. } => {
+            ctx.shard().route(RouteKind::Endpoint);
+            endpoint.addr
+        }
+        Route::Egress(EgressPolicy::Allow) => {
+            ctx.shard().route(RouteKind::Egress);
+            dst.addr()
+        }
+        Route::Egress(EgressPolicy::Deny) => {
+            ctx.shard().route(RouteKind::Egress);
+            return Stop::failed(
+                Outcome::EgressDenied,
+                ringmesh_core::metrics::Side::Downstream,
+                format!("{dst} is not in the mesh and egress is denied"),
+            );
+        }
+    };
+    conn.upstream = Some(target);
+
+    // 4. Connect, with the bypass mark, under the connect timeout.
+    let up = match pipeline::dial(&snap, target).await {
+        Ok(up) => up,
+        Err(stop) => return stop,
+    };
+
+    // 5. Transport security: meshed endpoints get mTLS here (issue 4); until then every
+    //    upstream is plaintext, which is what lets the copy below splice.
+
+    // 6. Copy both ways until both sides close.
+    let kind = copy_kind(snap.config.copy);
+    let idle = snap.config.timeouts.idle;
+    drop(snap);
+    pipeline::relay(ctx, Direction::Outbound, down, &up, kind, idle).await
+    // 7. The caller records the outcome.
+}

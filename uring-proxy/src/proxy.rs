@@ -1,0 +1,310 @@
+//! Starting, steering and stopping a proxy: what `main` does with flags and signals, and what
+//! tests do in-process with the same code.
+
+use std::io;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ringmesh_core::Config;
+use ringmesh_core::metrics::{Direction, WorkerShard};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::control::{self, Command, ControlSetup};
+use crate::driver::{self, DriverChoice, DriverKind};
+use crate::listen::{self, BindError};
+use crate::orig_dst::{OrigDstSource, SoOriginalDst};
+use crate::state::{Phase, Shared};
+use crate::sys;
+use crate::worker::{self, WorkerSetup};
+
+/// How to run a proxy, beyond its config.
+pub struct ProxyOptions {
+    /// Worker threads; `None` is one per CPU this process may use.
+    pub workers: Option<usize>,
+    pub driver: DriverChoice,
+    /// Where original destinations come from (`SO_ORIGINAL_DST` in production).
+    pub orig_dst: Arc<dyn OrigDstSource>,
+    /// Serve the admin endpoints on the config's admin address.
+    pub admin: bool,
+    /// React to SIGHUP, SIGTERM and SIGINT (the binary does; in-process tests do not).
+    pub signals: bool,
+    pub drain_timeout: Duration,
+    /// Pin each worker to a CPU.
+    pub pin: bool,
+    /// The file SIGHUP re-reads.
+    pub config_path: Option<PathBuf>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            driver: DriverChoice::Auto,
+            orig_dst: Arc::new(SoOriginalDst),
+            admin: true,
+            signals: false,
+            drain_timeout: Duration::from_secs(30),
+            pin: true,
+            config_path: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ProxyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyOptions")
+            .field("workers", &self.workers)
+            .field("driver", &self.driver)
+            .field("admin", &self.admin)
+            .field("signals", &self.signals)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the proxy did not start. Each message names the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("{0}")]
+    Driver(String),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(
+        "cannot set the bypass mark {mark:#x} on upstream sockets ({source}): SO_MARK needs \
+         CAP_NET_ADMIN (running as uid {uid}); grant it (e.g. `setcap cap_net_admin+ep`, or \
+         the container's securityContext), or set `bypass_mark: 0` and exempt the proxy's uid \
+         instead (`mesh-redirect install --proxy-uid UID`)"
+    )]
+    MarkPermission {
+        mark: u32,
+        uid: u32,
+        source: io::Error,
+    },
+    #[error("cannot start a thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// A running proxy: its worker threads and its control thread.
+#[derive(Debug)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    workers: Vec<JoinHandle<io::Result<()>>>,
+    control: Option<JoinHandle<()>>,
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+    admin: Option<SocketAddr>,
+}
+
+/// Fails at start, not at the first connection, when the mark cannot be set.
+fn check_mark(mark: Option<NonZeroU32>) -> Result<(), StartError> {
+    let Some(mark) = mark else { return Ok(()) };
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(StartError::Spawn)?;
+    probe
+        .set_mark(mark.get())
+        .map_err(|source| StartError::MarkPermission {
+            mark: mark.get(),
+            uid: sys::euid(),
+            source,
+        })
+}
+
+impl Proxy {
+    /// Binds every listener, then starts the workers and the control thread.
+    pub fn start(config: Config, opts: ProxyOptions) -> Result<Self, StartError> {
+        let driver = driver::resolve(opts.driver).map_err(StartError::Driver)?;
+        check_mark(config.bypass_mark)?;
+        let cpus = sys::allowed_cpus().unwrap_or_default();
+        let n = opts.workers.unwrap_or(cpus.len()).max(1);
+
+        let outbound = listen::bind_group("outbound listener", config.listeners.outbound, n)?;
+        let inbound = listen::bind_group("inbound listener", config.listeners.inbound, n)?;
+        let addr_of = |l: &[std::net::TcpListener], fallback| {
+            l.first()
+                .and_then(|l| l.local_addr().ok())
+                .unwrap_or(fallback)
+        };
+        let outbound_addr = addr_of(&outbound, config.listeners.outbound);
+        let inbound_addr = addr_of(&inbound, config.listeners.inbound);
+        let admin = if opts.admin {
+            let a = config.admin;
+            let l = std::net::TcpListener::bind(a).map_err(|e| match e.kind() {
+                io::ErrorKind::AddrInUse => BindError::InUse {
+                    what: "admin",
+                    addr: a,
+                },
+                _ => BindError::Other {
+                    what: "admin",
+                    addr: a,
+                    source: e,
+                },
+            })?;
+            Some(l)
+        } else {
+            None
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+
+        let ports = vec![outbound_addr.port(), inbound_addr.port()];
+        let shared = Shared::new(config, n, driver, ports, opts.config_path);
+        let mut workers = Vec::with_capacity(n);
+        for (id, (o, i)) in outbound.into_iter().zip(inbound).enumerate() {
+            let cpu = (opts.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+            let setup = WorkerSetup {
+                id,
+                cpu,
+                listeners: vec![(Direction::Outbound, o), (Direction::Inbound, i)],
+            };
+            workers.push(
+                worker::spawn(setup, shared.clone(), opts.orig_dst.clone())
+                    .map_err(StartError::Spawn)?,
+            );
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let control = control::spawn(
+            shared.clone(),
+            ControlSetup {
+                admin,
+                signals: opts.signals,
+                drain_timeout: opts.drain_timeout,
+            },
+            rx,
+        )
+        .map_err(StartError::Spawn)?;
+        tracing::info!(
+            workers = n,
+            driver = shared.driver.kind.as_str(),
+            outbound = %outbound_addr,
+            inbound = %inbound_addr,
+            admin = ?admin_addr,
+            "uring-proxy started"
+        );
+        Ok(Self {
+            shared,
+            commands: tx,
+            workers,
+            control: Some(control),
+            outbound: outbound_addr,
+            inbound: inbound_addr,
+            admin: admin_addr,
+        })
+    }
+
+    pub fn outbound_addr(&self) -> SocketAddr {
+        self.outbound
+    }
+
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    pub fn driver(&self) -> DriverKind {
+        self.shared.driver.kind
+    }
+
+    /// Waits until every worker accepts (or `timeout`); returns whether they do.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.shared.ready() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready()
+    }
+
+    /// Every worker's metric shard.
+    pub fn shards(&self) -> &[WorkerShard] {
+        &self.shared.shards
+    }
+
+    /// The Prometheus text `/metrics` serves.
+    pub fn metrics(&self) -> String {
+        self.shared.render_metrics()
+    }
+
+    /// Version of the config in force.
+    pub fn config_version(&self) -> u64 {
+        self.shared.config.load().version
+    }
+
+    /// Publishes a new config to every worker (as SIGHUP does with a file); returns its version.
+    pub fn apply(&self, config: Config) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Apply(Box::new(config), tx))
+            .ok()?;
+        rx.blocking_recv().ok()
+    }
+
+    /// Re-reads the config file, exactly as SIGHUP does.
+    pub fn reload_file(&self) -> Result<u64, Vec<String>> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || vec!["the control thread has stopped".to_string()];
+        self.commands
+            .send(Command::ReloadFile(tx))
+            .map_err(|_| gone())?;
+        rx.blocking_recv().map_err(|_| gone())?
+    }
+
+    /// Begins a drain, as SIGTERM does: not ready, listeners closed, in-flight connections
+    /// given until `timeout`, then reset.
+    pub fn drain(&self, timeout: Duration) {
+        let _ = self.commands.send(Command::Drain(timeout));
+    }
+
+    /// Whether a drain has begun.
+    pub fn draining(&self) -> bool {
+        self.shared.phase() != Phase::Running
+    }
+
+    /// Waits for the control thread and every worker to stop (after a drain or a signal).
+    pub fn wait(mut self) -> Result<(), String> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        if let Some(c) = self.control.take()
+            && c.join().is_err()
+        {
+            errors.push("control thread panicked".to_string());
+        }
+        for (id, w) in self.workers.drain(..).enumerate() {
+            match w.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(format!("worker {id}: {e}")),
+                Err(_) => errors.push(format!("worker {id} panicked")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.control.is_some() {
+            self.drain(Duration::ZERO);
+            let _ = self.join();
+        }
+    }
+}
