@@ -26,28 +26,47 @@ pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) 
             return;
         }
     };
+    // As in the workers' accept loops, a spare descriptor keeps the admin endpoints reachable
+    // (one connection at a time) when the process is out of them: that is when /metrics
+    // matters most.
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EMFILE)
+                    || e.raw_os_error() == Some(libc::ENFILE) =>
+            {
+                drop(reserve.take());
+                if let Ok((s, _)) = listener.accept().await {
+                    serve_one(s, shared.clone()).await;
+                }
+                reserve = std::fs::File::open("/dev/null").ok();
+                if reserve.is_none() {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "admin accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
+        tokio::spawn(serve_one(stream, shared.clone()));
+    }
+}
+
+async fn serve_one(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+    let svc = service_fn(move |req| {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&req, &shared)) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "admin connection failed");
-            }
-        });
+        async move { Ok::<_, Infallible>(handle(&req, &shared)) }
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+    {
+        tracing::debug!(error = %e, "admin connection failed");
     }
 }
 

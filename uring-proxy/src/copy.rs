@@ -27,8 +27,9 @@ use crate::sys::{self, Pipe, fd_ref};
 pub(crate) const BUF_SIZE: usize = 64 * 1024;
 /// Pipe capacity asked for; the kernel may grant less.
 const PIPE_SIZE: usize = 1024 * 1024;
-/// Pipes and buffers kept for reuse per worker; more in flight are freed after use.
-const POOL_MAX: usize = 64;
+/// Pipes and buffers kept for reuse per worker; more in flight are freed after use. Small:
+/// a resting pipe costs two file descriptors that new connections may need.
+const POOL_MAX: usize = 16;
 
 /// Per-worker pools of pipes and buffers, lent only while bytes are in flight.
 #[derive(Debug, Default)]
@@ -234,12 +235,20 @@ async fn splice_loop(
     let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     loop {
         src.readable(false).await.map_err(fail(from))?;
-        let mut pipe = pools.pipe().map_err(fail(Side::Internal))?;
+        let mut pipe = match pools.pipe() {
+            Ok(p) => p,
+            // Out of descriptors (or pipe memory): move this burst through a buffer, which
+            // needs none, so open connections keep flowing while the process is at its limit.
+            Err(_) => match buffered_burst(src_fd, dst, dst_fd, from, to, pools, &moved).await? {
+                Burst::Eof => return Ok(()),
+                Burst::Drained => continue,
+            },
+        };
+        let (pipe_w, pipe_r) = match &pipe.pipe {
+            Some(p) => (p.write.as_raw_fd(), p.read.as_raw_fd()),
+            None => return Err(fail(Side::Internal)(io::ErrorKind::Other.into())),
+        };
         loop {
-            let (pipe_w, pipe_r) = match &pipe.pipe {
-                Some(p) => (p.write.as_raw_fd(), p.read.as_raw_fd()),
-                None => return Err(fail(Side::Internal)(io::ErrorKind::Other.into())),
-            };
             match sys::splice(src_fd, pipe_w, pipe.capacity) {
                 Ok(0) => return Ok(()),
                 Ok(n) => {
@@ -290,23 +299,45 @@ async fn buffered_loop(
     let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     loop {
         src.readable(false).await.map_err(fail(from))?;
-        let mut buf = pools.buf();
-        loop {
-            match sys::recv(src_fd, buf.get()) {
-                Ok(0) => return Ok(()),
-                Ok(n) => {
-                    moved(n);
-                    write_all(dst, dst_fd, &buf.get()[..n])
-                        .await
-                        .map_err(fail(to))?;
-                    if n < BUF_SIZE {
-                        break;
-                    }
+        if let Burst::Eof = buffered_burst(src_fd, dst, dst_fd, from, to, pools, &moved).await? {
+            return Ok(());
+        }
+    }
+}
+
+enum Burst {
+    /// The source has nothing more for now.
+    Drained,
+    /// The source reached end of stream.
+    Eof,
+}
+
+/// Moves what a readable source has through one pooled buffer.
+async fn buffered_burst(
+    src_fd: RawFd,
+    dst: &TcpStream,
+    dst_fd: RawFd,
+    from: Side,
+    to: Side,
+    pools: &Pools,
+    moved: &impl Fn(usize),
+) -> Result<Burst, Failure> {
+    let mut buf = pools.buf();
+    loop {
+        match sys::recv(src_fd, buf.get()) {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => {
+                moved(n);
+                write_all(dst, dst_fd, &buf.get()[..n])
+                    .await
+                    .map_err(fail(to))?;
+                if n < BUF_SIZE {
+                    return Ok(Burst::Drained);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(fail(from)(e)),
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(fail(from)(e)),
         }
     }
 }
