@@ -19,7 +19,11 @@ fn proxy() -> Command {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -43,17 +47,34 @@ fn invalid_config_lists_every_error_and_exits_2() {
     let dir = scratch("invalid");
     let path = dir.join("bad.yaml");
     std::fs::write(&path, "admin: nowhere\ntimeouts: { idle: 0s }\nservices: [{ name: a, addrs: [\"1.2.3.4:0\"], endpoints: [] }]\n").unwrap();
-    let out = proxy().args(["--config", path.to_str().unwrap()]).output().unwrap();
+    let out = proxy()
+        .args(["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
-    for want in ["admin: invalid socket address", "timeouts.idle: must be longer than zero",
-                 "services[0].addrs[0]: port 0", "services[0].endpoints: a service needs"] {
+    for want in [
+        "admin: invalid socket address",
+        "timeouts.idle: must be longer than zero",
+        "services[0].addrs[0]: port 0",
+        "services[0].endpoints: a service needs",
+    ] {
         assert!(err.contains(want), "missing {want:?} in\n{err}");
     }
-    let out = proxy().args(["--config", "/nonexistent/ringmesh.yaml"]).output().unwrap();
+    let out = proxy()
+        .args(["--config", "/nonexistent/ringmesh.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot read config file /nonexistent/ringmesh.yaml"), "{}", stderr(&out));
-    let out = proxy().args(["--config", path.to_str().unwrap(), "--check-config"]).output().unwrap();
+    assert!(
+        stderr(&out).contains("cannot read config file /nonexistent/ringmesh.yaml"),
+        "{}",
+        stderr(&out)
+    );
+    let out = proxy()
+        .args(["--config", path.to_str().unwrap(), "--check-config"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -65,9 +86,18 @@ fn port_in_use_is_named_and_exits_1() {
         let dir = scratch(&format!("inuse-{driver}"));
         let path = dir.join("p.yaml");
         std::fs::write(&path, format!("listeners: {{ outbound: \"127.0.0.1:{port}\", inbound: \"127.0.0.1:0\" }}\nadmin: \"127.0.0.1:0\"\nbypass_mark: 0\n")).unwrap();
-        let out = proxy().args(["--config", path.to_str().unwrap(), "--driver", driver]).output().unwrap();
+        let out = proxy()
+            .args(["--config", path.to_str().unwrap(), "--driver", driver])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        assert!(stderr(&out).contains(&format!("outbound listener address 127.0.0.1:{port} is already in use")), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!(
+                "outbound listener address 127.0.0.1:{port} is already in use"
+            )),
+            "{}",
+            stderr(&out)
+        );
     }
 }
 
@@ -79,12 +109,22 @@ fn mark_without_capability_names_the_fix() {
     // The default mark (1337) stays on; as an unprivileged uid SO_MARK is refused.
     std::fs::write(&path, "listeners: { outbound: \"127.0.0.1:0\", inbound: \"127.0.0.1:0\" }\nadmin: \"127.0.0.1:0\"\n").unwrap();
     let out = Command::new("setpriv")
-        .args(["--reuid=1337", "--regid=1337", "--clear-groups", env!("CARGO_BIN_EXE_uring-proxy"), "--config", path.to_str().unwrap()])
+        .args([
+            "--reuid=1337",
+            "--regid=1337",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_uring-proxy"),
+            "--config",
+            path.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("CAP_NET_ADMIN") && err.contains("bypass_mark: 0"), "{err}");
+    assert!(
+        err.contains("CAP_NET_ADMIN") && err.contains("bypass_mark: 0"),
+        "{err}"
+    );
 }
 
 struct Running(Child);
@@ -102,7 +142,9 @@ fn signal(c: &Child, s: Signal) {
 
 fn config_version(admin: SocketAddr) -> u64 {
     let (_, body) = http_get(admin, "/config");
-    serde_json::from_str::<serde_json::Value>(&body).unwrap()["version"].as_u64().unwrap()
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["version"]
+        .as_u64()
+        .unwrap()
 }
 
 fn sighup_reload_and_sigterm_exit(driver: DriverChoice) {
@@ -112,9 +154,20 @@ fn sighup_reload_and_sigterm_exit(driver: DriverChoice) {
     let port = free_port();
     let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     std::fs::write(&path, loopback_config(port)).unwrap();
-    let drv = if driver == DriverChoice::Uring { "uring" } else { "epoll" };
+    let drv = if driver == DriverChoice::Uring {
+        "uring"
+    } else {
+        "epoll"
+    };
     let child = proxy()
-        .args(["--config", path.to_str().unwrap(), "--driver", drv, "--workers", "2"])
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--driver",
+            drv,
+            "--workers",
+            "2",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -129,14 +182,18 @@ fn sighup_reload_and_sigterm_exit(driver: DriverChoice) {
     std::fs::write(&path, format!("{}egress: maybe\n", loopback_config(port))).unwrap();
     signal(&p.0, Signal::SIGHUP);
     wait_until("rejection counted", Duration::from_secs(5), || {
-        http_get(admin, "/metrics").1.contains("ringmesh_config_reloads_total{result=\"rejected\"} 1")
+        http_get(admin, "/metrics")
+            .1
+            .contains("ringmesh_config_reloads_total{result=\"rejected\"} 1")
     });
     assert_eq!(config_version(admin), 1);
 
     // A good one is applied.
     std::fs::write(&path, format!("{}egress: deny\n", loopback_config(port))).unwrap();
     signal(&p.0, Signal::SIGHUP);
-    wait_until("config version 2", Duration::from_secs(5), || config_version(admin) == 2);
+    wait_until("config version 2", Duration::from_secs(5), || {
+        config_version(admin) == 2
+    });
     let (_, body) = http_get(admin, "/config");
     assert!(body.contains("\"egress\": \"deny\""), "{body}");
 
@@ -146,7 +203,10 @@ fn sighup_reload_and_sigterm_exit(driver: DriverChoice) {
         if let Some(s) = p.0.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "no exit after SIGTERM");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "{status}");
