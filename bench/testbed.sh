@@ -33,6 +33,13 @@ testbed_up() {
   ip netns add "$POD_A"
   ip netns add "$POD_B"
   ip link add "${TB_PREFIX}-va" netns "$POD_A" type veth peer name "${TB_PREFIX}-vb" netns "$POD_B"
+  # Connection-rate runs leave tens of thousands of TIME_WAIT sockets; without reuse over the
+  # veth (the default reuses only on loopback) every connect() ends up scanning a nearly
+  # exhausted port range. Same for every contender.
+  local pod
+  for pod in "$POD_A" "$POD_B"; do
+    in_pod "$pod" sysctl -qw net.ipv4.tcp_tw_reuse=1 "net.ipv4.ip_local_port_range=1024 65535"
+  done
   in_pod "$POD_A" sh -ec "
     ip link set lo up; ip link set ${TB_PREFIX}-va up
     ip addr add $POD_A_IP4/24 dev ${TB_PREFIX}-va

@@ -45,6 +45,19 @@ pub struct Resolved {
 /// io_uring ring size per worker.
 const RING_ENTRIES: u32 = 4096;
 
+/// The ring's setup flags. COOP_TASKRUN: completions are delivered when the worker next
+/// enters the kernel (which it does all the time) instead of by an inter-processor interrupt
+/// that stops it mid-work; without it, a third of a loaded worker's time went to those
+/// interrupts (see perf/RESULTS.md). A worker is the ring's only user, hence SINGLE_ISSUER.
+fn ring_builder() -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    b.setup_coop_taskrun().setup_single_issuer();
+    if std::env::var_os("RINGMESH_URING_DEFER_TASKRUN").is_some() {
+        b.setup_defer_taskrun();
+    }
+    b
+}
+
 /// Decides the driver, probing io_uring by building a ring.
 pub fn resolve(choice: DriverChoice) -> Result<Resolved, String> {
     match choice {
@@ -88,6 +101,7 @@ fn probe_uring() -> Result<(), String> {
     }
     RuntimeBuilder::<IoUringDriver>::new()
         .with_entries(RING_ENTRIES)
+        .uring_builder(ring_builder())
         .build()
         .map(drop)
         .map_err(|e| format!("io_uring_setup: {e}"))
@@ -103,6 +117,7 @@ where
         DriverKind::IoUring => {
             let mut rt = RuntimeBuilder::<IoUringDriver>::new()
                 .with_entries(RING_ENTRIES)
+                .uring_builder(ring_builder())
                 .enable_timer()
                 .build()?;
             Ok(rt.block_on(f()))

@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# ringmesh side by side with the direct path, nginx (stream) and haproxy (mode tcp), in one run,
+# in interleaved rounds, on loopback inside a throwaway network namespace; then the full mesh
+# path between two namespaced pods with and without sidecars. Writes perf/RESULTS.md and
+# perf/latency.svg. Benchmarks are not tests: nothing here passes or fails on a number.
+#
+#   perf/compare.sh                       # the full run (about 15 minutes on 2 cores)
+#   ROUNDS=1 DURATION=2s perf/compare.sh  # a quick look
+#
+# Knobs (environment): ROUNDS DURATION WARMUP CONNS RATE IDLE_CONNS WORKERS LOAD_CPUS
+# PROXY_CPUS SCENARIOS MESH (1: also the two-pod path) OUT (raw results).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+CONNS=${CONNS:-32}
+RATE=${RATE:-5000}
+IDLE_CONNS=${IDLE_CONNS:-8000}
+WORKERS=${WORKERS:-1}
+LOAD_CPUS=${LOAD_CPUS:-0}
+PROXY_CPUS=${PROXY_CPUS:-1}
+SCENARIOS=${SCENARIOS:-"http-keepalive http-rate tcp-conn stream-1 tcp-rr-16k"}
+MESH=${MESH:-1}
+OUT=${OUT:-$here/out}
+NS=rmperf
+bin=$root/target/release
+load_threads=$(($(tr ',' '\n' <<<"$LOAD_CPUS" | wc -l)))
+
+[[ $(id -u) -eq 0 ]] || { echo "run as root (network namespaces, iptables)" >&2; exit 1; }
+"$here/deps.sh"
+(cd "$root" && cargo build --release --workspace --bins -q)
+rm -rf "$OUT" && mkdir -p "$OUT"
+chmod 755 "$OUT"
+results=$OUT/results.jsonl
+: >"$results"
+
+PIDS=()
+in_ns() { ip netns exec "$NS" "$@"; }
+# spawn LOG CPUS CMD...: a background process in the namespace, pinned.
+spawn() {
+  local log=$1 cpus=$2
+  shift 2
+  ip netns exec "$NS" taskset -c "$cpus" "$@" >"$log" 2>&1 &
+  PIDS+=($!)
+  LAST_PID=$!
+}
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  ip netns del "$NS" 2>/dev/null || true
+  if [[ $MESH == 1 ]]; then testbed_down 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+# shellcheck source=../bench/testbed.sh
+source "$root/bench/testbed.sh"
+
+ip netns del "$NS" 2>/dev/null || true
+ip netns add "$NS"
+in_ns ip link set lo up
+
+echo "== backends (mesh-bench serve, CPU $LOAD_CPUS)"
+spawn "$OUT/echo.log" "$LOAD_CPUS" "$bin/mesh-bench" serve tcp-echo --listen 127.0.0.1:9000
+spawn "$OUT/http.log" "$LOAD_CPUS" "$bin/mesh-bench" serve http --listen 127.0.0.1:9001 --response-size 64
+spawn "$OUT/sink.log" "$LOAD_CPUS" "$bin/mesh-bench" serve sink --listen 127.0.0.1:9002
+
+echo "== contenders (CPU $PROXY_CPUS, $WORKERS worker(s) each)"
+cat >"$OUT/nginx.conf" <<CONF
+# nginx stream proxy: $WORKERS worker(s), epoll, reuseport, no logging on the data path.
+daemon off;
+worker_processes $WORKERS;
+worker_rlimit_nofile 20000;
+pid $OUT/nginx.pid;
+error_log $OUT/nginx-error.log warn;
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+events { worker_connections 19000; multi_accept on; }
+stream {
+    tcp_nodelay on;
+    proxy_connect_timeout 1s;
+    proxy_timeout 1h;
+    server { listen 127.0.0.1:11000 reuseport backlog=4096; proxy_pass 127.0.0.1:9000; }
+    server { listen 127.0.0.1:11001 reuseport backlog=4096; proxy_pass 127.0.0.1:9001; }
+    server { listen 127.0.0.1:11002 reuseport backlog=4096; proxy_pass 127.0.0.1:9002; }
+}
+CONF
+cat >"$OUT/haproxy.cfg" <<CONF
+# haproxy mode tcp: $WORKERS thread(s), kernel splicing when it pays (splice-auto), no logging.
+global
+    nbthread $WORKERS
+    # Two fds per proxied connection plus spliced pipes must fit the 20,000-fd hard limit.
+    maxconn 9000
+    maxpipes 256
+defaults
+    mode tcp
+    maxconn 9000
+    timeout connect 1s
+    timeout client 1h
+    timeout server 1h
+    option splice-auto
+frontend echo
+    bind 127.0.0.1:12000
+    default_backend echo
+backend echo
+    server s 127.0.0.1:9000
+frontend http
+    bind 127.0.0.1:12001
+    default_backend http
+backend http
+    server s 127.0.0.1:9001
+frontend sink
+    bind 127.0.0.1:12002
+    default_backend sink
+backend sink
+    server s 127.0.0.1:9002
+CONF
+# Three uring-proxy variants, each on its real path: the client dials a service address,
+# NAT REDIRECT sends it to the proxy's outbound listener, the proxy reads SO_ORIGINAL_DST,
+# finds the service, and dials its endpoint (the backend).
+uring_conf() { # VIP PORTBASE COPY
+  cat <<CONF
+listeners: { outbound: "127.0.0.1:$(($2 + 1))", inbound: "127.0.0.1:$(($2 + 6))" }
+admin: "127.0.0.1:$2"
+bypass_mark: 0
+copy: $3
+limits: { max_connections_per_worker: 16384 }
+services:
+  - { name: echo, addrs: ["$1:9000"], endpoints: [{ addr: "127.0.0.1:9000" }] }
+  - { name: http, addrs: ["$1:9001"], endpoints: [{ addr: "127.0.0.1:9001" }] }
+  - { name: sink, addrs: ["$1:9002"], endpoints: [{ addr: "127.0.0.1:9002" }] }
+CONF
+}
+uring_conf 127.0.2.1 15000 splice >"$OUT/uring-splice.yaml"
+uring_conf 127.0.2.2 15010 buffered >"$OUT/uring-buffered.yaml"
+uring_conf 127.0.2.3 15020 auto >"$OUT/uring-epoll.yaml"
+for i in 1 2 3; do
+  in_ns iptables -t nat -A OUTPUT -p tcp -d "127.0.2.$i" -j REDIRECT --to-ports "150$((i - 1))1"
+done
+echo "--- nginx.conf"; cat "$OUT/nginx.conf"
+echo "--- haproxy.cfg"; cat "$OUT/haproxy.cfg"
+echo "--- uring-splice.yaml"; cat "$OUT/uring-splice.yaml"
+
+declare -A TARGET_HOST PORT_BASE CPIDS
+spawn "$OUT/nginx.log" "$PROXY_CPUS" nginx -c "$OUT/nginx.conf" -p "$OUT"
+CPIDS[nginx]=$LAST_PID
+spawn "$OUT/haproxy.log" "$PROXY_CPUS" haproxy -db -f "$OUT/haproxy.cfg"
+CPIDS[haproxy]=$LAST_PID
+spawn "$OUT/uring-splice.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/uring-splice.yaml" --workers "$WORKERS" --driver uring --no-pin
+CPIDS[uring-splice]=$LAST_PID
+spawn "$OUT/uring-buffered.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/uring-buffered.yaml" --workers "$WORKERS" --driver uring --no-pin
+CPIDS[uring-buffered]=$LAST_PID
+spawn "$OUT/uring-epoll.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/uring-epoll.yaml" --workers "$WORKERS" --driver epoll --no-pin
+CPIDS[uring-epoll]=$LAST_PID
+TARGET_HOST=([direct]=127.0.0.1 [nginx]=127.0.0.1 [haproxy]=127.0.0.1 [uring-splice]=127.0.2.1 [uring-buffered]=127.0.2.2 [uring-epoll]=127.0.2.3)
+PORT_BASE=([direct]=9000 [nginx]=11000 [haproxy]=12000 [uring-splice]=9000 [uring-buffered]=9000 [uring-epoll]=9000)
+CONTENDERS=(direct uring-splice uring-buffered uring-epoll nginx haproxy)
+sleep 1
+
+# The PIDs of a contender: the process and its children (nginx's workers).
+pids_of() {
+  local c=$1 p
+  [[ $c == direct ]] && return 0
+  p=${CPIDS[$c]}
+  # `ip netns exec` and `taskset` exec their command, so the spawned PID is the contender.
+  echo "$p"
+  ps -o pid= --ppid "$p" 2>/dev/null | tr -d ' '
+}
+rss_of() {
+  local sum=0 p kb
+  for p in $(pids_of "$1"); do
+    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    sum=$((sum + ${kb:-0}))
+  done
+  echo "$sum"
+}
+
+# scenario_args SCENARIO: the mesh-bench arguments and the backend port offset.
+scenario_args() {
+  case $1 in
+    *http-keepalive) echo "1 --workload http --connections $CONNS" ;;
+    *http-rate) echo "1 --workload http --connections $CONNS --rate $RATE" ;;
+    *tcp-conn) echo "0 --workload conn --connections 16 --request-size 64 --response-size 64" ;;
+    *stream-1) echo "2 --workload stream --connections 1" ;;
+    *tcp-rr-16k) echo "0 --workload tcp --connections 8 --request-size 16384 --response-size 16384" ;;
+    *) echo "unknown scenario $1" >&2; exit 1 ;;
+  esac
+}
+
+# run_one SCENARIO ROUND CONTENDER HOST PORTBASE [PIDS...]
+run_one() {
+  local scenario=$1 round=$2 contender=$3 host=$4 base=$5
+  shift 5
+  local args offset watch=() p json
+  read -r offset args <<<"$(scenario_args "$scenario")"
+  for p in "$@"; do watch+=(--watch-pid "$p"); done
+  # shellcheck disable=SC2086
+  json=$(ip netns exec "$RUN_NS" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" run $args \
+    --target "$host:$((base + offset))" --threads "$load_threads" \
+    --duration "$DURATION" --warmup "$WARMUP" --json - "${watch[@]}")
+  printf '{"kind":"run","scenario":"%s","round":%d,"contender":"%s","result":%s}\n' \
+    "$scenario" "$round" "$contender" "$json" >>"$results"
+  printf '  %-16s %-15s %s\n' "$scenario" "$contender" \
+    "$(sed -E 's/.*"throughput":([0-9.]+).*"bits_per_second":([0-9.e+]+).*"p99":([0-9.]+).*/\1 req|conn\/s  \2 bit\/s  p99 \3 µs/' <<<"$json")"
+}
+
+echo "== idle memory"
+declare -A IDLE_RSS
+for c in "${CONTENDERS[@]}"; do IDLE_RSS[$c]=$(rss_of "$c"); done
+
+RUN_NS=$NS
+for round in $(seq 1 "$ROUNDS"); do
+  echo "== round $round of $ROUNDS (loopback)"
+  for scenario in $SCENARIOS; do
+    for c in "${CONTENDERS[@]}"; do
+      # shellcheck disable=SC2046
+      run_one "$scenario" "$round" "$c" "${TARGET_HOST[$c]}" "${PORT_BASE[$c]}" $(pids_of "$c")
+    done
+  done
+done
+
+echo "== $IDLE_CONNS idle connections through each contender"
+for c in "${CONTENDERS[@]}"; do
+  [[ $c == direct ]] && continue
+  watch=()
+  for p in $(pids_of "$c"); do watch+=(--watch-pid "$p"); done
+  json=$(in_ns taskset -c "$LOAD_CPUS" "$bin/mesh-bench" run --workload hold \
+    --target "${TARGET_HOST[$c]}:${PORT_BASE[$c]}" --connections "$IDLE_CONNS" --threads 1 \
+    --request-size 1 --response-size 1 --duration 3s --warmup 1s --timeout 20s --json - "${watch[@]}")
+  peak=$(sed -E 's/.*"watched_rss_peak_kb":([0-9]+).*/\1/' <<<"$json")
+  errors=$(sed -E 's/.*"errors":\{([^}]*)\}.*/\1/' <<<"$json")
+  printf '{"kind":"memory","contender":"%s","rss_idle_kb":%d,"rss_conns_kb":%d,"conns":%d}\n' \
+    "$c" "${IDLE_RSS[$c]}" "$peak" "$IDLE_CONNS" >>"$results"
+  printf '  %-15s idle %6d KiB   with %d connections %7d KiB   errors {%s}\n' "$c" "${IDLE_RSS[$c]}" "$IDLE_CONNS" "$peak" "$errors"
+  sleep 2
+done
+
+if [[ $MESH == 1 ]]; then
+  echo "== the mesh path: pod-a -> veth -> pod-b, with and without sidecars"
+  testbed_up
+  tb_spawn "$POD_B" "$OUT/mesh-echo.log" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" serve tcp-echo --listen "[::]:9000"
+  tb_spawn "$POD_B" "$OUT/mesh-http.log" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" serve http --listen "[::]:9001" --response-size 64
+  tb_spawn "$POD_B" "$OUT/mesh-sink.log" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" serve sink --listen "[::]:9002"
+  printf 'limits: { max_connections_per_worker: 16384 }\n' >"$OUT/sidecar.yaml"
+  tb_spawn "$POD_A" "$OUT/sidecar-a.log" taskset -c "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/sidecar.yaml" --workers "$WORKERS" --no-pin
+  side_a=${TB_PIDS[-1]}
+  tb_spawn "$POD_B" "$OUT/sidecar-b.log" taskset -c "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/sidecar.yaml" --workers "$WORKERS" --no-pin
+  side_b=${TB_PIDS[-1]}
+  tb_wait_http "$POD_A" http://127.0.0.1:15000/ready
+  tb_wait_http "$POD_B" http://127.0.0.1:15000/ready
+  RUN_NS=$POD_A
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "== round $round of $ROUNDS (mesh path)"
+    for c in direct uring-splice; do
+      for pod in "$POD_A" "$POD_B"; do
+        if [[ $c == direct ]]; then
+          in_pod "$pod" "$bin/mesh-redirect" uninstall >/dev/null
+        else
+          in_pod "$pod" "$bin/mesh-redirect" install >/dev/null
+        fi
+      done
+      for scenario in http-keepalive http-rate tcp-conn stream-1; do
+        if [[ $c == direct ]]; then
+          run_one "mesh-$scenario" "$round" "$c" "$POD_B_IP4" 9000
+        else
+          run_one "mesh-$scenario" "$round" "$c" "$POD_B_IP4" 9000 "$side_a" "$side_b"
+        fi
+      done
+    done
+  done
+fi
+
+{
+  echo "Produced by \`perf/compare.sh\` (ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS RATE=$RATE IDLE_CONNS=$IDLE_CONNS WORKERS=$WORKERS LOAD_CPUS=$LOAD_CPUS PROXY_CPUS=$PROXY_CPUS MESH=$MESH) on $(date -u +%Y-%m-%d)."
+  echo
+  echo "## Machine and versions"
+  echo
+  echo "- CPU: $(lscpu | sed -n 's/^Model name: *//p') — $(nproc) CPUs; $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r)"
+  echo "- ringmesh $("$bin/uring-proxy" --version | awk '{print $2}') ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)), $(rustc --version)"
+  echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //') (stream), $(haproxy -v | head -1 | awk '{print "haproxy", $3}') (mode tcp)"
+  echo
+  echo "## How the cores are shared"
+  echo
+  echo "Everything runs on loopback in one network namespace. The load generator (\`mesh-bench\`, $load_threads thread(s)) and the backends share CPU(s) $LOAD_CPUS; the contender under test runs on CPU(s) $PROXY_CPUS with $WORKERS worker(s) (nginx: worker_processes, haproxy: nbthread, uring-proxy: --workers). All contenders are running all the time but only the one under test has traffic. With one core for the generator and backend, **direct** is bounded by that core, while a proxy adds a second core of its own: a ratio to direct above 1 is possible and says the generator core, not the proxy, is the limit. Compare proxies with each other first."
+  echo
+  echo "uring-proxy runs on its real path: the client dials a service address (127.0.2.x), NAT REDIRECT sends it to the outbound listener, the proxy reads SO_ORIGINAL_DST, looks the service up and dials its endpoint. nginx and haproxy are plain TCP reverse proxies (no NAT). **uring-splice** copies with splice, **uring-buffered** through a 64 KiB buffer, **uring-epoll** is the epoll driver with the default copy."
+  echo
+  echo "Scenarios: **http-keepalive** HTTP/1.1 GET, 64 B body, $CONNS keep-alive connections, closed loop (CPU/req is the contender's CPU time over the window ÷ requests); **http-rate** the same at a fixed $RATE req/s, open loop, latency from the intended send time; **tcp-conn** one 64 B request per connection, 16 at a time; **stream-1** one connection streaming into a sink; **tcp-rr-16k** 16 KiB request and response over 8 connections. **mesh-*** run pod-a -> veth -> pod-b (bench/testbed.sh) with no rules (direct) and with \`mesh-redirect\` plus a sidecar in each pod (uring-splice, i.e. the default copy)."
+} >"$OUT/meta.md"
+
+"$bin/mesh-bench" report --results "$results" --meta "$OUT/meta.md" --out "$here/RESULTS.md" --plot "$here/latency.svg" --ours uring-splice >/dev/null
+echo "== wrote perf/RESULTS.md and perf/latency.svg (raw: $results)"
