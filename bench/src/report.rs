@@ -22,7 +22,7 @@ pub enum Record {
         round: u32,
         contender: String,
         /// The run, with the contender's CPU time and peak RSS when it was watched.
-        result: RunResult,
+        result: Box<RunResult>,
     },
     Memory {
         contender: String,
@@ -468,7 +468,7 @@ pub fn latency_svg(records: &[Record], scenario: &str) -> String {
                     contender,
                     result,
                     ..
-                } if s == scenario && *contender == c => Some(result),
+                } if s == scenario && *contender == c => Some(&**result),
                 _ => None,
             })
             .collect();

@@ -6,7 +6,7 @@ fn run(scenario: &str, round: u32, contender: &str, rate: f64, p99: f64, cpu: f6
         scenario: scenario.into(),
         round,
         contender: contender.into(),
-        result: RunResult {
+        result: Box::new(RunResult {
             throughput: rate,
             requests: (rate * 5.0) as u64,
             bits_per_second: rate * 1e6,
@@ -19,7 +19,7 @@ fn run(scenario: &str, round: u32, contender: &str, rate: f64, p99: f64, cpu: f6
             watched_cpu_seconds: Some(cpu),
             watched_rss_peak_kb: Some(4096),
             ..Default::default()
-        },
+        }),
     }
 }
 
