@@ -9,17 +9,20 @@
 //! End of stream on one side is passed on as a half-close (`shutdown(SHUT_WR)`) to the other;
 //! a reset or error on one side resets the other (`SO_LINGER` 0, then close).
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
 
 use monoio::net::TcpStream;
 use ringmesh_core::metrics::{CopyKind, Direction, Side, WorkerShard};
 use socket2::SockRef;
 
+use crate::idle::IdleHandle;
 use crate::sys::{self, Pipe, fd_ref};
 
 /// Size of a buffered-copy buffer (monoio's own copy helpers use 4 KiB, which caps a stream
@@ -39,73 +42,37 @@ pub(crate) struct Pools {
 }
 
 impl Pools {
-    fn pipe(&self) -> io::Result<PooledPipe<'_>> {
-        let (pipe, capacity) = match self.pipes.borrow_mut().pop() {
-            Some(p) => p,
+    /// A pipe and its granted capacity.
+    fn take_pipe(&self) -> io::Result<(Pipe, usize)> {
+        match self.pipes.borrow_mut().pop() {
+            Some(p) => Ok(p),
             None => {
                 let p = Pipe::new(PIPE_SIZE)?;
                 let cap = p.capacity();
-                (p, cap)
+                Ok((p, cap))
             }
-        };
-        Ok(PooledPipe {
-            pools: self,
-            pipe: Some(pipe),
-            capacity,
-            pending: 0,
-        })
+        }
     }
 
-    fn buf(&self) -> PooledBuf<'_> {
-        let buf = self
-            .bufs
+    /// Takes back an empty pipe (one with bytes still in it must be dropped instead).
+    fn put_pipe(&self, pipe: Pipe, capacity: usize) {
+        let mut pipes = self.pipes.borrow_mut();
+        if pipes.len() < POOL_MAX {
+            pipes.push((pipe, capacity));
+        }
+    }
+
+    fn take_buf(&self) -> Box<[u8]> {
+        self.bufs
             .borrow_mut()
             .pop()
-            .unwrap_or_else(|| vec![0; BUF_SIZE].into());
-        PooledBuf {
-            pools: self,
-            buf: Some(buf),
-        }
+            .unwrap_or_else(|| vec![0; BUF_SIZE].into())
     }
-}
 
-/// A pipe on loan; it goes back to the pool on drop only when empty, else it is closed.
-struct PooledPipe<'a> {
-    pools: &'a Pools,
-    pipe: Option<Pipe>,
-    capacity: usize,
-    pending: usize,
-}
-
-impl Drop for PooledPipe<'_> {
-    fn drop(&mut self) {
-        if let Some(p) = self.pipe.take() {
-            let mut pipes = self.pools.pipes.borrow_mut();
-            if self.pending == 0 && pipes.len() < POOL_MAX {
-                pipes.push((p, self.capacity));
-            }
-        }
-    }
-}
-
-struct PooledBuf<'a> {
-    pools: &'a Pools,
-    buf: Option<Box<[u8]>>,
-}
-
-impl PooledBuf<'_> {
-    fn get(&mut self) -> &mut [u8] {
-        self.buf.as_deref_mut().unwrap_or_default()
-    }
-}
-
-impl Drop for PooledBuf<'_> {
-    fn drop(&mut self) {
-        if let Some(b) = self.buf.take() {
-            let mut bufs = self.pools.bufs.borrow_mut();
-            if bufs.len() < POOL_MAX {
-                bufs.push(b);
-            }
+    fn put_buf(&self, buf: Box<[u8]>) {
+        let mut bufs = self.bufs.borrow_mut();
+        if bufs.len() < POOL_MAX {
+            bufs.push(buf);
         }
     }
 }
@@ -128,7 +95,8 @@ pub(crate) struct CopyCx<'a> {
     pub pools: &'a Pools,
     pub shard: &'a WorkerShard,
     pub dir: Direction,
-    pub idle: Duration,
+    /// This connection's idle-timeout registration.
+    pub idle: &'a IdleHandle<'a>,
 }
 
 struct Failure {
@@ -140,8 +108,12 @@ fn fail(side: Side) -> impl FnOnce(io::Error) -> Failure {
     move |error| Failure { side, error }
 }
 
-/// Copies both ways until both sides close, one fails, `idle` passes without a byte, or
-/// `closing` completes.
+/// Copies both ways until both sides close, one fails, the connection is idle for its
+/// timeout, or `closing` completes.
+///
+/// The four futures are pinned in place and polled by hand: the `select!`/`try_join!` macros
+/// would each keep another copy of the direction futures, and this state lives as long as
+/// the connection.
 pub(crate) async fn bidirectional(
     down: &TcpStream,
     up: &TcpStream,
@@ -149,27 +121,37 @@ pub(crate) async fn bidirectional(
     cx: &CopyCx<'_>,
     closing: impl Future<Output = ()>,
 ) -> CopyEnd {
-    let activity = Cell::new(Instant::now());
-    let d2u = one_way(down, up, Side::Downstream, kind, cx, &activity);
-    let u2d = one_way(up, down, Side::Upstream, kind, cx, &activity);
-    let end = monoio::select! {
-        biased;
-        r = async { monoio::try_join!(d2u, u2d) } => match r {
-            Ok(_) => CopyEnd::Done,
-            Err(Failure { side, error }) => {
-                let other = if side == Side::Downstream { up } else { down };
-                reset(other);
-                CopyEnd::Failed { side, error }
+    let mut d2u = pin!(one_way(down, up, Side::Downstream, kind, cx));
+    let mut u2d = pin!(one_way(up, down, Side::Upstream, kind, cx));
+    let mut idle = pin!(cx.idle.expired());
+    let mut closing = pin!(closing);
+    let (mut d2u_done, mut u2d_done) = (false, false);
+    poll_fn(|task| {
+        for (fut, done) in [(d2u.as_mut(), &mut d2u_done), (u2d.as_mut(), &mut u2d_done)] {
+            if !*done && let Poll::Ready(r) = fut.poll(task) {
+                match r {
+                    Ok(()) => *done = true,
+                    Err(Failure { side, error }) => {
+                        reset(if side == Side::Downstream { up } else { down });
+                        return Poll::Ready(CopyEnd::Failed { side, error });
+                    }
+                }
             }
-        },
-        _ = idle_expired(&activity, cx.idle) => CopyEnd::Idle,
-        _ = closing => {
+        }
+        if d2u_done && u2d_done {
+            return Poll::Ready(CopyEnd::Done);
+        }
+        if idle.as_mut().poll(task).is_ready() {
+            return Poll::Ready(CopyEnd::Idle);
+        }
+        if closing.as_mut().poll(task).is_ready() {
             reset(down);
             reset(up);
-            CopyEnd::Closed
+            return Poll::Ready(CopyEnd::Closed);
         }
-    };
-    end
+        Poll::Pending
+    })
+    .await
 }
 
 /// Makes the coming close send RST instead of FIN.
@@ -177,42 +159,263 @@ pub(crate) fn reset(s: &TcpStream) {
     let _ = SockRef::from(&fd_ref(s)).set_linger(Some(Duration::ZERO));
 }
 
-async fn idle_expired(activity: &Cell<Instant>, idle: Duration) {
-    loop {
-        let deadline = activity.get() + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        monoio::time::sleep_until(monoio::time::Instant::from_std(deadline)).await;
-    }
+/// What a direction needs before it can go on.
+enum Wait {
+    /// Nothing to read now: wait until the source is readable.
+    Readable,
+    /// The destination's send buffer is full: wait until it is writable.
+    Writable,
+    /// The source reached end of stream and everything read was written.
+    Eof,
 }
 
+/// One direction: bytes from `src` to `dst` until end of stream, then a half-close.
+///
+/// Deliberately flat: the only awaits are the two readiness waits, and everything else is
+/// synchronous, so the state kept for an idle connection is small (nested async helpers made
+/// it kilobytes per connection). A pipe or buffer is held only while bytes are in flight.
 async fn one_way(
     src: &TcpStream,
     dst: &TcpStream,
     from: Side,
     kind: CopyKind,
     cx: &CopyCx<'_>,
-    activity: &Cell<Instant>,
 ) -> Result<(), Failure> {
     let to = if from == Side::Downstream {
         Side::Upstream
     } else {
         Side::Downstream
     };
-    let moved = |n: usize| {
-        activity.set(Instant::now());
-        cx.shard.bytes(cx.dir, from, n as u64);
+    let mut flow = Flow {
+        src: src.as_raw_fd(),
+        dst: dst.as_raw_fd(),
+        pools: cx.pools,
+        splice: kind == CopyKind::Splice,
+        in_flight: InFlight::Nothing,
     };
-    match kind {
-        CopyKind::Splice => splice_loop(src, dst, from, to, cx.pools, moved).await?,
-        CopyKind::Buffered => buffered_loop(src, dst, from, to, cx.pools, moved).await?,
+    loop {
+        match flow.pump(&mut |n| {
+            cx.idle.activity().touch();
+            cx.shard.bytes(cx.dir, from, n as u64);
+        }) {
+            Ok(Wait::Readable) => src.readable(false).await.map_err(fail(from))?,
+            Ok(Wait::Writable) => dst.writable(false).await.map_err(fail(to))?,
+            Ok(Wait::Eof) => break,
+            Err((side, e)) => {
+                return Err(fail(if side == Side::Downstream { from } else { to })(e));
+            }
+        }
     }
     // End of stream from `src`: pass the half-close on.
     SockRef::from(&fd_ref(dst))
         .shutdown(Shutdown::Write)
         .or_else(ignore_not_connected)
         .map_err(fail(to))
+}
+
+/// The synchronous half of a direction: what is in flight, and the syscalls that move it.
+struct Flow<'a> {
+    src: RawFd,
+    dst: RawFd,
+    pools: &'a Pools,
+    splice: bool,
+    in_flight: InFlight,
+}
+
+/// Bytes read from the source and not yet written to the destination. Kept compact: it is
+/// part of every connection's state for the connection's whole life.
+enum InFlight {
+    Nothing,
+    /// `pending` bytes in a pipe of `capacity`.
+    Pipe {
+        pipe: Pipe,
+        capacity: u32,
+        pending: u32,
+    },
+    /// The range `[start, end)` of a buffer.
+    Buf {
+        buf: Box<[u8]>,
+        start: u32,
+        end: u32,
+    },
+}
+
+impl Drop for Flow<'_> {
+    /// A direction stopped early (failure, idle, drain): buffers go back to the pool; a pipe
+    /// with bytes still in it is closed rather than reused.
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.in_flight, InFlight::Nothing) {
+            InFlight::Nothing => {}
+            InFlight::Pipe {
+                pipe,
+                capacity,
+                pending,
+            } => {
+                if pending == 0 {
+                    self.pools.put_pipe(pipe, capacity as usize);
+                }
+            }
+            InFlight::Buf { buf, .. } => self.pools.put_buf(buf),
+        }
+    }
+}
+
+/// Which end a syscall failed on: `Downstream` here means the source, `Upstream` the
+/// destination (mapped to real sides by the caller).
+type PumpError = (Side, io::Error);
+
+/// A count that fits a pipe or buffer (both far below 4 GiB).
+fn small(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Flow<'_> {
+    /// Moves bytes until one side would block or the source ends. Errors name the end.
+    fn pump(&mut self, moved: &mut impl FnMut(usize)) -> Result<Wait, PumpError> {
+        let mut drained = false;
+        loop {
+            // First write out what is in flight.
+            if self.flush()? {
+                return Ok(Wait::Writable);
+            }
+            // A short read took all there was: wait for readiness rather than pay for a read
+            // that would only say EAGAIN.
+            if drained {
+                return Ok(Wait::Readable);
+            }
+            // Then read more.
+            let outcome = match self
+                .splice
+                .then(|| self.read_into_pipe())
+                .transpose()?
+                .flatten()
+            {
+                Some(o) => o,
+                None => self.read_into_buf()?,
+            };
+            match outcome {
+                ReadOutcome::Moved { n, short } => {
+                    moved(n);
+                    drained = short;
+                }
+                ReadOutcome::WouldBlock => return Ok(Wait::Readable),
+                ReadOutcome::Eof => return Ok(Wait::Eof),
+            }
+        }
+    }
+
+    /// Writes out what is in flight; `true` if the destination is full. An emptied pipe or
+    /// buffer goes back to the pool.
+    fn flush(&mut self) -> Result<bool, PumpError> {
+        loop {
+            let r = match &mut self.in_flight {
+                InFlight::Nothing => return Ok(false),
+                InFlight::Pipe { pipe, pending, .. } if *pending > 0 => {
+                    sys::splice(pipe.read.as_raw_fd(), self.dst, *pending as usize)
+                        .map(|n| *pending -= small(n))
+                }
+                InFlight::Buf { buf, start, end } if *start < *end => {
+                    sys::send(self.dst, &buf[*start as usize..*end as usize])
+                        .map(|n| *start += small(n))
+                }
+                _ => {
+                    match std::mem::replace(&mut self.in_flight, InFlight::Nothing) {
+                        InFlight::Pipe { pipe, capacity, .. } => {
+                            self.pools.put_pipe(pipe, capacity as usize)
+                        }
+                        InFlight::Buf { buf, .. } => self.pools.put_buf(buf),
+                        InFlight::Nothing => {}
+                    }
+                    return Ok(false);
+                }
+            };
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((Side::Upstream, e)),
+            }
+        }
+    }
+
+    /// Splices from the source into a pooled pipe; `None` when no pipe can be had (out of
+    /// file descriptors), so the caller reads through a buffer instead, which needs none.
+    fn read_into_pipe(&mut self) -> Result<Option<ReadOutcome>, PumpError> {
+        let Ok((pipe, capacity)) = self.pools.take_pipe() else {
+            return Ok(None);
+        };
+        loop {
+            return match sys::splice(self.src, pipe.write.as_raw_fd(), capacity) {
+                Ok(0) => {
+                    self.pools.put_pipe(pipe, capacity);
+                    Ok(Some(ReadOutcome::Eof))
+                }
+                Ok(n) => {
+                    let (capacity32, pending) = (small(capacity), small(n));
+                    self.in_flight = InFlight::Pipe {
+                        pipe,
+                        capacity: capacity32,
+                        pending,
+                    };
+                    Ok(Some(ReadOutcome::Moved {
+                        n,
+                        short: n < capacity,
+                    }))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.pools.put_pipe(pipe, capacity);
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        Ok(Some(ReadOutcome::WouldBlock))
+                    } else {
+                        Err((Side::Downstream, e))
+                    }
+                }
+            };
+        }
+    }
+
+    fn read_into_buf(&mut self) -> Result<ReadOutcome, PumpError> {
+        let mut buf = self.pools.take_buf();
+        loop {
+            return match sys::recv(self.src, &mut buf) {
+                Ok(0) => {
+                    self.pools.put_buf(buf);
+                    Ok(ReadOutcome::Eof)
+                }
+                Ok(n) => {
+                    self.in_flight = InFlight::Buf {
+                        buf,
+                        start: 0,
+                        end: small(n),
+                    };
+                    Ok(ReadOutcome::Moved {
+                        n,
+                        short: n < BUF_SIZE,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.pools.put_buf(buf);
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        Ok(ReadOutcome::WouldBlock)
+                    } else {
+                        Err((Side::Downstream, e))
+                    }
+                }
+            };
+        }
+    }
+}
+
+enum ReadOutcome {
+    /// `n` bytes read; `short` when fewer than asked for (the source is likely drained).
+    Moved {
+        n: usize,
+        short: bool,
+    },
+    WouldBlock,
+    Eof,
 }
 
 /// A peer that already closed both ways cannot be half-closed; that is not a failure.
@@ -222,134 +425,4 @@ fn ignore_not_connected(e: io::Error) -> io::Result<()> {
     } else {
         Err(e)
     }
-}
-
-async fn splice_loop(
-    src: &TcpStream,
-    dst: &TcpStream,
-    from: Side,
-    to: Side,
-    pools: &Pools,
-    moved: impl Fn(usize),
-) -> Result<(), Failure> {
-    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
-    loop {
-        src.readable(false).await.map_err(fail(from))?;
-        let mut pipe = match pools.pipe() {
-            Ok(p) => p,
-            // Out of descriptors (or pipe memory): move this burst through a buffer, which
-            // needs none, so open connections keep flowing while the process is at its limit.
-            Err(_) => match buffered_burst(src_fd, dst, dst_fd, from, to, pools, &moved).await? {
-                Burst::Eof => return Ok(()),
-                Burst::Drained => continue,
-            },
-        };
-        let (pipe_w, pipe_r) = match &pipe.pipe {
-            Some(p) => (p.write.as_raw_fd(), p.read.as_raw_fd()),
-            None => return Err(fail(Side::Internal)(io::ErrorKind::Other.into())),
-        };
-        loop {
-            match sys::splice(src_fd, pipe_w, pipe.capacity) {
-                Ok(0) => return Ok(()),
-                Ok(n) => {
-                    pipe.pending = n;
-                    moved(n);
-                    drain_pipe(pipe_r, dst, dst_fd, &mut pipe.pending)
-                        .await
-                        .map_err(fail(to))?;
-                    if n < pipe.capacity {
-                        // Most likely all there was; wait for readiness rather than pay for
-                        // a splice that would only say EAGAIN.
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(fail(from)(e)),
-            }
-        }
-    }
-}
-
-async fn drain_pipe(
-    pipe_r: RawFd,
-    dst: &TcpStream,
-    dst_fd: RawFd,
-    pending: &mut usize,
-) -> io::Result<()> {
-    while *pending > 0 {
-        match sys::splice(pipe_r, dst_fd, *pending) {
-            Ok(n) => *pending -= n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable(false).await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-async fn buffered_loop(
-    src: &TcpStream,
-    dst: &TcpStream,
-    from: Side,
-    to: Side,
-    pools: &Pools,
-    moved: impl Fn(usize),
-) -> Result<(), Failure> {
-    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
-    loop {
-        src.readable(false).await.map_err(fail(from))?;
-        if let Burst::Eof = buffered_burst(src_fd, dst, dst_fd, from, to, pools, &moved).await? {
-            return Ok(());
-        }
-    }
-}
-
-enum Burst {
-    /// The source has nothing more for now.
-    Drained,
-    /// The source reached end of stream.
-    Eof,
-}
-
-/// Moves what a readable source has through one pooled buffer.
-async fn buffered_burst(
-    src_fd: RawFd,
-    dst: &TcpStream,
-    dst_fd: RawFd,
-    from: Side,
-    to: Side,
-    pools: &Pools,
-    moved: &impl Fn(usize),
-) -> Result<Burst, Failure> {
-    let mut buf = pools.buf();
-    loop {
-        match sys::recv(src_fd, buf.get()) {
-            Ok(0) => return Ok(Burst::Eof),
-            Ok(n) => {
-                moved(n);
-                write_all(dst, dst_fd, &buf.get()[..n])
-                    .await
-                    .map_err(fail(to))?;
-                if n < BUF_SIZE {
-                    return Ok(Burst::Drained);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(fail(from)(e)),
-        }
-    }
-}
-
-async fn write_all(dst: &TcpStream, dst_fd: RawFd, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match sys::send(dst_fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable(false).await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

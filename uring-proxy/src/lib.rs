@@ -16,6 +16,7 @@ mod connect;
 mod control;
 mod copy;
 pub mod driver;
+mod idle;
 mod inbound;
 pub mod listen;
 pub mod orig_dst;

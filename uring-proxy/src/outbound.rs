@@ -6,29 +6,36 @@ use std::rc::Rc;
 use monoio::net::TcpStream;
 use ringmesh_core::ClientAddr;
 use ringmesh_core::config::{EgressPolicy, Route};
-use ringmesh_core::metrics::{Direction, Outcome, RouteKind};
+use ringmesh_core::metrics::{Direction, Outcome, RouteKind, Side};
 
-use crate::pipeline::{self, Conn, Stop};
+use crate::pipeline::{self, Conn, Stop, Upstream};
 use crate::state::copy_kind;
 use crate::worker::{ConnRecord, WorkerCtx};
 
 pub(crate) async fn serve(ctx: Rc<WorkerCtx>, down: TcpStream, client: ClientAddr) {
     let record = ConnRecord::open(ctx.shard(), Direction::Outbound);
     let mut conn = Conn::new(Direction::Outbound, client);
-    let stop = pipeline::until_closing(&ctx, &down, proxy(&ctx, &down, &mut conn)).await;
+    let stop = proxy(&ctx, &down, &mut conn).await;
     conn.end(&ctx, record, stop);
 }
 
 async fn proxy(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Stop {
-    // 1. The accepted socket.
-    if let Err(stop) = pipeline::prepare(down) {
-        return stop;
-    }
-    // 2. Where it was going.
-    let dst = match pipeline::original_dst(ctx, down, conn.client) {
-        Ok(dst) => dst,
+    // The set-up steps run in a boxed future, freed once the upstream is connected: a
+    // long-lived connection then keeps only the copy's state.
+    let up = match Box::pin(pipeline::unless_closing(ctx, down, open(ctx, down, conn))).await {
+        Ok(up) => up,
         Err(stop) => return stop,
     };
+    // Copy both ways until both sides close; the caller records the outcome.
+    pipeline::relay(ctx, Direction::Outbound, down, &up.stream, up.copy, up.idle).await
+}
+
+/// The set-up steps, in order, up to a connected upstream.
+async fn open(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Result<Upstream, Stop> {
+    // 1. The accepted socket.
+    pipeline::prepare(down)?;
+    // 2. Where it was going.
+    let dst = pipeline::original_dst(ctx, down, conn.client)?;
     conn.dst = Some(dst);
 
     // 3. Policy: a service's virtual address is balanced over its endpoints, a known
@@ -49,28 +56,26 @@ async fn proxy(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Stop {
         }
         Route::Egress(EgressPolicy::Deny) => {
             ctx.shard().route(RouteKind::Egress);
-            return Stop::failed(
+            return Err(Stop::failed(
                 Outcome::EgressDenied,
-                ringmesh_core::metrics::Side::Downstream,
+                Side::Downstream,
                 format!("{dst} is not in the mesh and egress is denied"),
-            );
+            ));
         }
     };
     conn.upstream = Some(target);
 
     // 4. Connect, with the bypass mark, under the connect timeout.
-    let up = match pipeline::dial(&snap, target).await {
-        Ok(up) => up,
-        Err(stop) => return stop,
-    };
+    let stream = pipeline::dial(&snap, target).await?;
 
     // 5. Transport security: meshed endpoints get mTLS here (issue 4); until then every
     //    upstream is plaintext, which is what lets the copy below splice.
 
     // 6. Copy both ways until both sides close.
-    let kind = copy_kind(snap.config.copy);
-    let idle = snap.config.timeouts.idle;
-    drop(snap);
-    pipeline::relay(ctx, Direction::Outbound, down, &up, kind, idle).await
+    Ok(Upstream {
+        stream,
+        copy: copy_kind(snap.config.copy),
+        idle: snap.config.timeouts.idle,
+    })
     // 7. The caller records the outcome.
 }

@@ -43,6 +43,13 @@ impl Stop {
     }
 }
 
+/// A connected upstream and how to copy to it.
+pub(crate) struct Upstream {
+    pub stream: TcpStream,
+    pub copy: CopyKind,
+    pub idle: Duration,
+}
+
 /// Everything logged about one connection.
 pub(crate) struct Conn {
     pub dir: Direction,
@@ -145,11 +152,12 @@ pub(crate) async fn relay(
     idle: Duration,
 ) -> Stop {
     ctx.shard().copy(kind);
+    let idle = ctx.idle.register(idle);
     let cx = CopyCx {
         pools: &ctx.pools,
         shard: ctx.shard(),
         dir,
-        idle,
+        idle: &idle,
     };
     match copy::bidirectional(down, up, kind, &cx, ctx.closing.wait()).await {
         CopyEnd::Done => Stop::refused(Outcome::Ok),
@@ -166,18 +174,19 @@ pub(crate) async fn relay(
     }
 }
 
-/// Runs a pipeline until it ends or the drain deadline resets the connection.
-pub(crate) async fn until_closing(
+/// Runs the set-up steps unless the drain deadline passes first, which resets the connection
+/// (once copying, the copy itself watches the deadline).
+pub(crate) async fn unless_closing(
     ctx: &WorkerCtx,
     down: &TcpStream,
-    pipeline: impl std::future::Future<Output = Stop>,
-) -> Stop {
+    setup: impl std::future::Future<Output = Result<Upstream, Stop>>,
+) -> Result<Upstream, Stop> {
     monoio::select! {
         biased;
-        stop = pipeline => stop,
+        up = setup => up,
         _ = ctx.closing.wait() => {
             copy::reset(down);
-            Stop::refused(Outcome::Drained)
+            Err(Stop::refused(Outcome::Drained))
         }
     }
 }

@@ -16,6 +16,7 @@ use ringmesh_core::metrics::{AcceptError, Direction, Outcome, WorkerShard};
 
 use crate::copy::{self, Pools};
 use crate::driver::{self, DriverKind};
+use crate::idle::IdleTracker;
 use crate::orig_dst::OrigDstSource;
 use crate::signal::LocalSignal;
 use crate::state::{Phase, Shared};
@@ -33,6 +34,8 @@ pub(crate) struct WorkerCtx {
     pub draining: LocalSignal,
     /// Fired at the drain deadline: connections are reset.
     pub closing: LocalSignal,
+    /// Every connection's activity, swept for idle timeouts.
+    pub idle: IdleTracker,
 }
 
 impl WorkerCtx {
@@ -126,6 +129,7 @@ pub(crate) fn spawn(
                 turns: RefCell::new((0, Vec::new())),
                 draining: LocalSignal::default(),
                 closing: LocalSignal::default(),
+                idle: IdleTracker::default(),
             });
             driver::block_on(kind, || run(ctx, setup.listeners, kind))?
         })
@@ -143,6 +147,7 @@ async fn run(
         let l = TcpListener::from_std(l)?;
         monoio::spawn(accept_loop(ctx.clone(), dir, l));
     }
+    monoio::spawn(sweep_idle(ctx.clone()));
     ctx.shared.workers_started.fetch_add(1, Relaxed);
     tracing::debug!(worker = ctx.id, driver = kind.as_str(), "worker started");
 
@@ -155,6 +160,18 @@ async fn run(
         monoio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())
+}
+
+/// Closes idle connections: one timer per worker instead of one per connection.
+async fn sweep_idle(ctx: Rc<WorkerCtx>) {
+    loop {
+        let idle = ctx.shared.config.load().config.timeouts.idle;
+        monoio::select! {
+            biased;
+            _ = ctx.closing.wait() => return,
+            _ = monoio::time::sleep(IdleTracker::tick(idle)) => ctx.idle.sweep(Instant::now()),
+        }
+    }
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
@@ -236,4 +253,48 @@ fn refuse(ctx: &WorkerCtx, dir: Direction, stream: TcpStream, outcome: Outcome) 
     copy::reset(&stream);
     ConnRecord::open(ctx.shard(), dir).finish(outcome);
     tracing::debug!(worker = ctx.id, %dir, %outcome, "connection refused");
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::driver::Resolved;
+    use ringmesh_core::config::Config;
+
+    /// An idle connection costs its task's state for its whole life, so that state has a
+    /// budget (it was 7.5 KB before the copy was flattened and the idle timers shared).
+    #[test]
+    fn connection_state_stays_small() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            a.set_nonblocking(true).unwrap();
+            let a = TcpStream::from_std(a).unwrap();
+            let resolved = Resolved {
+                kind: DriverKind::Epoll,
+                fallback_reason: None,
+            };
+            let shared = Shared::new(Config::embedded_default(), 1, resolved, vec![], None);
+            let ctx = Rc::new(WorkerCtx {
+                id: 0,
+                shared,
+                orig_dst: Arc::new(crate::orig_dst::SoOriginalDst),
+                pools: Pools::default(),
+                turns: RefCell::new((0, Vec::new())),
+                draining: LocalSignal::default(),
+                closing: LocalSignal::default(),
+                idle: IdleTracker::default(),
+            });
+            let client = ClientAddr::new("127.0.0.1:1".parse().unwrap());
+            let outbound = std::mem::size_of_val(&outbound::serve(ctx.clone(), a, client));
+            assert!(
+                outbound <= 1400,
+                "outbound connection state is {outbound} bytes"
+            );
+        });
+    }
 }
