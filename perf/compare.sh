@@ -124,6 +124,7 @@ listeners: { outbound: "127.0.0.1:$(($2 + 1))", inbound: "127.0.0.1:$(($2 + 6))"
 admin: "127.0.0.1:$2"
 bypass_mark: 0
 copy: $3
+timeouts: { connect: 5s }
 limits: { max_connections_per_worker: 16384 }
 services:
   - { name: echo, addrs: ["$1:9000"], endpoints: [{ addr: "127.0.0.1:9000" }] }
@@ -131,30 +132,33 @@ services:
   - { name: sink, addrs: ["$1:9002"], endpoints: [{ addr: "127.0.0.1:9002" }] }
 CONF
 }
-uring_conf 127.0.2.1 15000 splice >"$OUT/uring-splice.yaml"
-uring_conf 127.0.2.2 15010 buffered >"$OUT/uring-buffered.yaml"
-uring_conf 127.0.2.3 15020 auto >"$OUT/uring-epoll.yaml"
-for i in 1 2 3; do
+uring_conf 127.0.2.1 15000 auto >"$OUT/uring.yaml"
+uring_conf 127.0.2.2 15010 splice >"$OUT/uring-splice.yaml"
+uring_conf 127.0.2.3 15020 buffered >"$OUT/uring-buffered.yaml"
+uring_conf 127.0.2.4 15030 auto >"$OUT/uring-epoll.yaml"
+for i in 1 2 3 4; do
   in_ns iptables -t nat -A OUTPUT -p tcp -d "127.0.2.$i" -j REDIRECT --to-ports "150$((i - 1))1"
 done
 echo "--- nginx.conf"; cat "$OUT/nginx.conf"
 echo "--- haproxy.cfg"; cat "$OUT/haproxy.cfg"
-echo "--- uring-splice.yaml"; cat "$OUT/uring-splice.yaml"
+echo "--- uring.yaml"; cat "$OUT/uring.yaml"
 
 declare -A TARGET_HOST PORT_BASE CPIDS
 spawn "$OUT/nginx.log" "$PROXY_CPUS" nginx -c "$OUT/nginx.conf" -p "$OUT"
 CPIDS[nginx]=$LAST_PID
 spawn "$OUT/haproxy.log" "$PROXY_CPUS" haproxy -db -f "$OUT/haproxy.cfg"
 CPIDS[haproxy]=$LAST_PID
+spawn "$OUT/uring.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/uring.yaml" --workers "$WORKERS" --driver uring --no-pin
+CPIDS[uring]=$LAST_PID
 spawn "$OUT/uring-splice.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/uring-splice.yaml" --workers "$WORKERS" --driver uring --no-pin
 CPIDS[uring-splice]=$LAST_PID
 spawn "$OUT/uring-buffered.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/uring-buffered.yaml" --workers "$WORKERS" --driver uring --no-pin
 CPIDS[uring-buffered]=$LAST_PID
 spawn "$OUT/uring-epoll.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/uring-epoll.yaml" --workers "$WORKERS" --driver epoll --no-pin
 CPIDS[uring-epoll]=$LAST_PID
-TARGET_HOST=([direct]=127.0.0.1 [nginx]=127.0.0.1 [haproxy]=127.0.0.1 [uring-splice]=127.0.2.1 [uring-buffered]=127.0.2.2 [uring-epoll]=127.0.2.3)
-PORT_BASE=([direct]=9000 [nginx]=11000 [haproxy]=12000 [uring-splice]=9000 [uring-buffered]=9000 [uring-epoll]=9000)
-CONTENDERS=(direct uring-splice uring-buffered uring-epoll nginx haproxy)
+TARGET_HOST=([direct]=127.0.0.1 [nginx]=127.0.0.1 [haproxy]=127.0.0.1 [uring]=127.0.2.1 [uring-splice]=127.0.2.2 [uring-buffered]=127.0.2.3 [uring-epoll]=127.0.2.4)
+PORT_BASE=([direct]=9000 [nginx]=11000 [haproxy]=12000 [uring]=9000 [uring-splice]=9000 [uring-buffered]=9000 [uring-epoll]=9000)
+CONTENDERS=(direct uring uring-splice uring-buffered uring-epoll nginx haproxy)
 sleep 1
 
 # The PIDs of a contender: the process and its children (nginx's workers).
@@ -251,7 +255,7 @@ if [[ $MESH == 1 ]]; then
   RUN_NS=$POD_A
   for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round of $ROUNDS (mesh path)"
-    for c in direct uring-splice; do
+    for c in direct uring; do
       for pod in "$POD_A" "$POD_B"; do
         if [[ $c == direct ]]; then
           in_pod "$pod" "$bin/mesh-redirect" uninstall >/dev/null
@@ -283,10 +287,10 @@ fi
   echo
   echo "Everything runs on loopback in one network namespace. The load generator (\`mesh-bench\`, $load_threads thread(s)) and the backends share CPU(s) $LOAD_CPUS; the contender under test runs on CPU(s) $PROXY_CPUS with $WORKERS worker(s) (nginx: worker_processes, haproxy: nbthread, uring-proxy: --workers). All contenders are running all the time but only the one under test has traffic. With one core for the generator and backend, **direct** is bounded by that core, while a proxy adds a second core of its own: a ratio to direct above 1 is possible and says the generator core, not the proxy, is the limit. Compare proxies with each other first."
   echo
-  echo "uring-proxy runs on its real path: the client dials a service address (127.0.2.x), NAT REDIRECT sends it to the outbound listener, the proxy reads SO_ORIGINAL_DST, looks the service up and dials its endpoint. nginx and haproxy are plain TCP reverse proxies (no NAT). **uring-splice** copies with splice, **uring-buffered** through a 64 KiB buffer, **uring-epoll** is the epoll driver with the default copy."
+  echo "uring-proxy runs on its real path: the client dials a service address (127.0.2.x), NAT REDIRECT sends it to the outbound listener, the proxy reads SO_ORIGINAL_DST, looks the service up and dials its endpoint. nginx and haproxy are plain TCP reverse proxies (no NAT). **uring** is the default (io_uring, \`copy: auto\`: buffered, switching a direction to splice once it moves bulk), **uring-splice** always splices, **uring-buffered** always copies through a 64 KiB buffer, **uring-epoll** is the epoll driver with the default copy."
   echo
-  echo "Scenarios: **http-keepalive** HTTP/1.1 GET, 64 B body, $CONNS keep-alive connections, closed loop (CPU/req is the contender's CPU time over the window ÷ requests); **http-rate** the same at a fixed $RATE req/s, open loop, latency from the intended send time; **tcp-conn** one 64 B request per connection, 16 at a time; **stream-1** one connection streaming into a sink; **tcp-rr-16k** 16 KiB request and response over 8 connections. **mesh-*** run pod-a -> veth -> pod-b (bench/testbed.sh) with no rules (direct) and with \`mesh-redirect\` plus a sidecar in each pod (uring-splice, i.e. the default copy)."
+  echo "Scenarios: **http-keepalive** HTTP/1.1 GET, 64 B body, $CONNS keep-alive connections, closed loop (CPU/req is the contender's CPU time over the window ÷ requests); **http-rate** the same at a fixed $RATE req/s, open loop, latency from the intended send time; **tcp-conn** one 64 B request per connection, 16 at a time; **stream-1** one connection streaming into a sink; **tcp-rr-16k** 16 KiB request and response over 8 connections. **mesh-*** run pod-a -> veth -> pod-b (bench/testbed.sh) with no rules (direct) and with \`mesh-redirect\` plus a sidecar in each pod (uring: the defaults)."
 } >"$OUT/meta.md"
 
-"$bin/mesh-bench" report --results "$results" --meta "$OUT/meta.md" --out "$here/RESULTS.md" --plot "$here/latency.svg" --ours uring-splice >/dev/null
+"$bin/mesh-bench" report --results "$results" --meta "$OUT/meta.md" --out "$here/RESULTS.md" --plot "$here/latency.svg" --ours uring >/dev/null
 echo "== wrote perf/RESULTS.md and perf/latency.svg (raw: $results)"

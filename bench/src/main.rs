@@ -49,7 +49,7 @@ enum Cmd {
         #[arg(long)]
         plot: Option<PathBuf>,
         /// The contender the goals are checked for.
-        #[arg(long, default_value = "uring-splice")]
+        #[arg(long, default_value = "uring")]
         ours: String,
     },
 }

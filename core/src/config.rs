@@ -71,7 +71,9 @@ impl Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CopyMode {
-    /// The measured default (see `perf/RESULTS.md`).
+    /// The measured default (see `perf/RESULTS.md`): through a buffer for small exchanges,
+    /// where it costs fewer cycles than splice; a direction that fills a whole buffer in one
+    /// read is moving bulk and switches to zero-copy splice.
     #[default]
     Auto,
     /// Zero-copy `splice(2)` through a pipe.

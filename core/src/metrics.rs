@@ -150,8 +150,13 @@ label_enum!(
 );
 
 label_enum!(
-    /// How a connection's bytes were copied.
-    CopyKind { Splice => "splice", Buffered => "buffered" }
+    /// How a connection's bytes are copied.
+    CopyKind {
+        /// Buffered until a direction moves bulk, then splice for that direction.
+        Auto => "auto",
+        Splice => "splice",
+        Buffered => "buffered",
+    }
 );
 
 label_enum!(
@@ -173,6 +178,7 @@ pub struct WorkerShard {
     duration: PerDir<Histogram>,
     routes: [Counter; RouteKind::COUNT],
     copies: [Counter; CopyKind::COUNT],
+    copy_switches: Counter,
     accept_errors: [Counter; AcceptError::COUNT],
 }
 
@@ -201,6 +207,11 @@ impl WorkerShard {
 
     pub fn copy(&self, kind: CopyKind) {
         self.copies[kind.idx()].inc();
+    }
+
+    /// A direction of an `auto` connection moved bulk and switched to splice.
+    pub fn copy_switched_to_splice(&self) {
+        self.copy_switches.inc();
     }
 
     pub fn accept_error(&self, kind: AcceptError) {
@@ -466,6 +477,14 @@ pub fn render(shards: &[&WorkerShard], info: &ProcessInfo) -> String {
         let v = sum(&|s| s.copies[c.idx()].get());
         let _ = writeln!(o, "ringmesh_copy_connections_total{{mode=\"{c}\"}} {v}");
     }
+    header(
+        &mut o,
+        "ringmesh_copy_splice_switches_total",
+        "counter",
+        "Directions of auto-copy connections that moved bulk and switched to splice.",
+    );
+    let switches = sum(&|s| s.copy_switches.get());
+    let _ = writeln!(o, "ringmesh_copy_splice_switches_total {switches}");
     header(
         &mut o,
         "ringmesh_accept_errors_total",

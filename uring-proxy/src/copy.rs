@@ -191,12 +191,16 @@ async fn one_way(
         dst: dst.as_raw_fd(),
         pools: cx.pools,
         splice: kind == CopyKind::Splice,
+        adaptive: kind == CopyKind::Auto,
         in_flight: InFlight::Nothing,
     };
     loop {
-        match flow.pump(&mut |n| {
-            cx.idle.activity().touch();
-            cx.shard.bytes(cx.dir, from, n as u64);
+        match flow.pump(&mut |event| match event {
+            Event::Moved(n) => {
+                cx.idle.activity().touch();
+                cx.shard.bytes(cx.dir, from, n as u64);
+            }
+            Event::SwitchedToSplice => cx.shard.copy_switched_to_splice(),
         }) {
             Ok(Wait::Readable) => src.readable(false).await.map_err(fail(from))?,
             Ok(Wait::Writable) => dst.writable(false).await.map_err(fail(to))?,
@@ -218,8 +222,17 @@ struct Flow<'a> {
     src: RawFd,
     dst: RawFd,
     pools: &'a Pools,
+    /// Reading into a pipe (else into a buffer).
     splice: bool,
+    /// `auto`: switch to splice once a read fills a whole buffer.
+    adaptive: bool,
     in_flight: InFlight,
+}
+
+/// What a pump reports as it goes.
+enum Event {
+    Moved(usize),
+    SwitchedToSplice,
 }
 
 /// Bytes read from the source and not yet written to the destination. Kept compact: it is
@@ -271,7 +284,7 @@ fn small(n: usize) -> u32 {
 
 impl Flow<'_> {
     /// Moves bytes until one side would block or the source ends. Errors name the end.
-    fn pump(&mut self, moved: &mut impl FnMut(usize)) -> Result<Wait, PumpError> {
+    fn pump(&mut self, on: &mut impl FnMut(Event)) -> Result<Wait, PumpError> {
         let mut drained = false;
         loop {
             // First write out what is in flight.
@@ -295,8 +308,13 @@ impl Flow<'_> {
             };
             match outcome {
                 ReadOutcome::Moved { n, short } => {
-                    moved(n);
+                    on(Event::Moved(n));
                     drained = short;
+                    // A full buffer in one read: this direction is moving bulk.
+                    if self.adaptive && !self.splice && !short {
+                        self.splice = true;
+                        on(Event::SwitchedToSplice);
+                    }
                 }
                 ReadOutcome::WouldBlock => return Ok(Wait::Readable),
                 ReadOutcome::Eof => return Ok(Wait::Eof),

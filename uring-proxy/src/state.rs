@@ -33,14 +33,11 @@ pub enum Phase {
     Closing,
 }
 
-/// Resolves `copy: auto` for plaintext connections.
-///
-/// Splice, as measured by `perf/compare.sh` (see perf/RESULTS.md): on this kind of machine it
-/// moves bulk streams at a multiple of the buffered rate and is level with it on small
-/// request/response exchanges.
+/// The copy for a plaintext connection under `mode`.
 pub fn copy_kind(mode: CopyMode) -> CopyKind {
     match mode {
-        CopyMode::Auto | CopyMode::Splice => CopyKind::Splice,
+        CopyMode::Auto => CopyKind::Auto,
+        CopyMode::Splice => CopyKind::Splice,
         CopyMode::Buffered => CopyKind::Buffered,
     }
 }

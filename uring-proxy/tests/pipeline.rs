@@ -17,7 +17,7 @@ use support::*;
 use uring_proxy::{ConnInfo, DriverChoice};
 
 both_drivers!(
-    echo_both_copy_modes,
+    echo_every_copy_mode,
     service_vip_round_robin,
     inbound_goes_to_loopback_app_port,
     half_close_client_first,
@@ -36,12 +36,22 @@ both_drivers!(
     admin_endpoints,
 );
 
-fn echo_both_copy_modes(driver: DriverChoice) {
-    for copy in ["splice", "buffered"] {
+fn echo_every_copy_mode(driver: DriverChoice) {
+    for copy in ["splice", "buffered", "auto"] {
         let srv = echo_server();
         let p = start(driver, config(&format!("copy: {copy}")), fixed(srv.addr));
         let mut c = connect(p.outbound_addr());
         roundtrip(&mut c, b"hello");
+        let switches = |p: &uring_proxy::Proxy| {
+            let m = p.metrics();
+            let line = m
+                .lines()
+                .find(|l| l.starts_with("ringmesh_copy_splice_switches_total "))
+                .unwrap()
+                .to_string();
+            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+        };
+        assert_eq!(switches(&p), 0, "{copy}: a small exchange stays buffered");
         // A few MiB, written while reading so neither side's buffers fill up.
         let data = pattern(6 << 20);
         let mut w = c.try_clone().unwrap();
