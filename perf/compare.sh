@@ -277,6 +277,8 @@ fi
 {
   echo "Produced by \`perf/compare.sh\` (ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS RATE=$RATE IDLE_CONNS=$IDLE_CONNS WORKERS=$WORKERS LOAD_CPUS=$LOAD_CPUS PROXY_CPUS=$PROXY_CPUS MESH=$MESH) on $(date -u +%Y-%m-%d)."
   echo
+  echo "What these numbers mean, the profiles behind them and what changed because of them: [ANALYSIS.md](ANALYSIS.md)."
+  echo
   echo "## Machine and versions"
   echo
   echo "- CPU: $(lscpu | sed -n 's/^Model name: *//p') — $(nproc) CPUs; $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r)"

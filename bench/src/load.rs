@@ -68,6 +68,7 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// Processes whose CPU time and peak memory are measured over the window (the proxy).
     pub watch: Vec<u32>,
+    pub driver: rt::Driver,
 }
 
 /// When the measured window is.
@@ -102,11 +103,14 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<RunResult> {
             thread::Builder::new()
                 .name(format!("mesh-bench-{t}"))
                 .spawn(move || {
-                    rt::block_on(|_| thread_main(spec, t, threads, barrier)).unwrap_or_else(|e| {
-                        let mut tally = Tally::default();
-                        tally.error(ErrorKind::of(&e));
-                        tally
-                    })
+                    let driver = spec.driver;
+                    rt::block_on(driver, |_| thread_main(spec, t, threads, barrier)).unwrap_or_else(
+                        |e| {
+                            let mut tally = Tally::default();
+                            tally.error(ErrorKind::of(&e));
+                            tally
+                        },
+                    )
                 })?,
         );
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ringmesh_bench::load::{self, LoadSpec, Workload};
 use ringmesh_bench::report;
+use ringmesh_bench::rt::Driver;
 use ringmesh_bench::serve::{self, Backend, ServeSpec};
 
 /// Open-loop load with latency histograms, and the backends to load.
@@ -35,6 +36,8 @@ enum Cmd {
         /// tcp-echo with --request-size, and http: the response (body) size.
         #[arg(long, default_value_t = 64)]
         response_size: usize,
+        #[arg(long, value_enum, default_value_t = Driver::Auto)]
+        driver: Driver,
     },
     /// Turn a comparison's results (JSON lines) into tables, goals, RESULTS.md and a plot.
     Report {
@@ -93,6 +96,9 @@ struct RunArgs {
     /// Measure this process's CPU time and peak RSS over the window (repeatable; summed).
     #[arg(long = "watch-pid")]
     watch: Vec<u32>,
+    /// The generator's I/O driver.
+    #[arg(long, value_enum, default_value_t = Driver::Auto)]
+    driver: Driver,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +121,7 @@ fn main() -> anyhow::Result<()> {
                 host: a.host,
                 timeout: a.timeout,
                 watch: a.watch,
+                driver: a.driver,
             };
             let result = load::run(&spec)?;
             if let Some(p) = &a.hgrm {
@@ -136,12 +143,14 @@ fn main() -> anyhow::Result<()> {
             threads,
             request_size,
             response_size,
+            driver,
         } => serve::serve(&ServeSpec {
             backend,
             listen,
             threads,
             request_size,
             response_size,
+            driver,
         }),
         Cmd::Report {
             results,

@@ -6,13 +6,29 @@ use std::io;
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+/// Which I/O driver the generator's and backends' threads use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Driver {
+    /// io_uring, or epoll when io_uring is denied.
+    #[default]
+    Auto,
+    Uring,
+    Epoll,
+}
+
 /// Runs the future `f(epoll)` makes on a new runtime on this thread; `epoll` says whether
-/// io_uring was denied (sockets handed to the runtime must then be non-blocking).
-pub fn block_on<F, Fut>(f: F) -> io::Result<Fut::Output>
+/// the runtime is epoll (sockets handed to it must then be non-blocking).
+pub fn block_on<F, Fut>(driver: Driver, f: F) -> io::Result<Fut::Output>
 where
     F: FnOnce(bool) -> Fut,
     Fut: Future,
 {
+    if driver == Driver::Epoll {
+        let mut rt = RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .build()?;
+        return Ok(rt.block_on(f(true)));
+    }
     // COOP_TASKRUN: completions wait for the thread's next kernel entry instead of
     // interrupting it (see uring-proxy's driver.rs).
     let mut ring = io_uring::IoUring::builder();
@@ -24,6 +40,7 @@ where
         .build()
     {
         Ok(mut rt) => Ok(rt.block_on(f(false))),
+        Err(e) if driver == Driver::Uring => Err(e),
         Err(_) => {
             let mut rt = RuntimeBuilder::<LegacyDriver>::new()
                 .enable_timer()
@@ -33,11 +50,13 @@ where
     }
 }
 
-/// Binds `count` SO_REUSEPORT TCP listeners on `addr` (one per server thread).
+/// Binds `count` SO_REUSEPORT TCP listeners on `addr`, one per server thread (port 0 picks
+/// one port for all of them).
 pub fn reuseport_listeners(
     addr: std::net::SocketAddr,
     count: usize,
 ) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = addr;
     (0..count.max(1))
         .map(|_| {
             let s = socket2::Socket::new(
@@ -52,6 +71,11 @@ pub fn reuseport_listeners(
             }
             s.bind(&addr.into())?;
             s.listen(4096)?;
+            if addr.port() == 0
+                && let Some(bound) = s.local_addr()?.as_socket()
+            {
+                addr = bound;
+            }
             Ok(s.into())
         })
         .collect()

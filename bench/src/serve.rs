@@ -34,20 +34,24 @@ pub struct ServeSpec {
     pub threads: usize,
     pub request_size: Option<usize>,
     pub response_size: usize,
+    pub driver: rt::Driver,
 }
 
 /// Serves until the process is killed.
 pub fn serve(spec: &ServeSpec) -> anyhow::Result<()> {
     let threads = spec.threads.max(1);
     let mut handles = Vec::new();
+    let mut bound = spec.listen;
     if spec.backend == Backend::UdpEcho {
         for t in 0..threads {
-            let sock = udp_reuseport(spec.listen)?;
+            let sock = udp_reuseport(bound)?;
+            bound = sock.local_addr()?;
+            let spec = spec.clone();
             handles.push(
                 thread::Builder::new()
                     .name(format!("serve-{t}"))
                     .spawn(move || {
-                        rt::block_on(|_| async move {
+                        rt::block_on(spec.driver, |_| async move {
                             let sock = UdpSocket::from_std(sock)?;
                             udp_echo(sock).await
                         })
@@ -55,16 +59,17 @@ pub fn serve(spec: &ServeSpec) -> anyhow::Result<()> {
             );
         }
     } else {
-        for (t, l) in rt::reuseport_listeners(spec.listen, threads)?
-            .into_iter()
-            .enumerate()
-        {
+        let listeners = rt::reuseport_listeners(spec.listen, threads)?;
+        if let Some(l) = listeners.first() {
+            bound = l.local_addr()?;
+        }
+        for (t, l) in listeners.into_iter().enumerate() {
             let spec = spec.clone();
             handles.push(
                 thread::Builder::new()
                     .name(format!("serve-{t}"))
                     .spawn(move || {
-                        rt::block_on(|epoll| async move {
+                        rt::block_on(spec.driver, |epoll| async move {
                             l.set_nonblocking(epoll)?;
                             let l = TcpListener::from_std(l)?;
                             loop {
@@ -89,9 +94,11 @@ pub fn serve(spec: &ServeSpec) -> anyhow::Result<()> {
             );
         }
     }
+    // The bound address (port 0 picks one) on stdout, for whoever started us.
+    println!("{bound}");
     eprintln!(
-        "mesh-bench: serving {:?} on {} with {threads} thread(s)",
-        spec.backend, spec.listen
+        "mesh-bench: serving {:?} on {bound} with {threads} thread(s)",
+        spec.backend
     );
     for h in handles {
         match h.join() {

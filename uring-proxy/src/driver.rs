@@ -48,13 +48,12 @@ const RING_ENTRIES: u32 = 4096;
 /// The ring's setup flags. COOP_TASKRUN: completions are delivered when the worker next
 /// enters the kernel (which it does all the time) instead of by an inter-processor interrupt
 /// that stops it mid-work; without it, a third of a loaded worker's time went to those
-/// interrupts (see perf/RESULTS.md). A worker is the ring's only user, hence SINGLE_ISSUER.
+/// interrupts and the request rate was a third (perf/ANALYSIS.md). A worker is the ring's
+/// only user, hence SINGLE_ISSUER. DEFER_TASKRUN was measured too: 3% less CPU per request,
+/// tail latency within noise, so not worth its starvation caveats under monoio's loop.
 fn ring_builder() -> io_uring::Builder {
     let mut b = io_uring::IoUring::builder();
     b.setup_coop_taskrun().setup_single_issuer();
-    if std::env::var_os("RINGMESH_URING_DEFER_TASKRUN").is_some() {
-        b.setup_defer_taskrun();
-    }
     b
 }
 
