@@ -6,14 +6,16 @@
 //! once, each with its path (`services[2].endpoints[0].addr: invalid socket address ...`).
 //! A validated [`Config`] is immutable; a new one replaces it whole.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{AccessPolicy, DefaultAccess, Rule as AccessRule};
 use crate::addr::{OrigDst, canonical};
 use crate::lb::WeightedRoundRobin;
 use crate::spiffe::SpiffeId;
@@ -115,6 +117,89 @@ pub struct RawConfig {
     pub egress: EgressPolicy,
     #[serde(default)]
     pub services: Vec<RawService>,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
+    pub inbound: RawInbound,
+    #[serde(default)]
+    pub access: RawAccess,
+}
+
+/// Where the proxy's own SVID and trust bundles come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySourceKind {
+    /// No identity: meshed (mTLS) connections are refused, plaintext works.
+    #[default]
+    None,
+    /// The SPIFFE Workload API (a SPIRE agent, or `meshctl identity serve`).
+    WorkloadApi,
+    /// PEM files, re-read when they change.
+    Files,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    #[serde(default)]
+    pub source: IdentitySourceKind,
+    /// `workload_api`: the agent's unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// `files`: the SVID chain (leaf first), its key, and the trust bundle, all PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+}
+
+/// What inbound plaintext meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundMode {
+    /// mTLS and plaintext are both accepted (plaintext is counted).
+    #[default]
+    Permissive,
+    /// Only mTLS from a trusted peer.
+    Strict,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInbound {
+    #[serde(default)]
+    pub mode: InboundMode,
+    /// Per-port overrides of `mode`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<u16, InboundMode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    #[serde(default)]
+    pub default: DefaultAccess,
+    #[serde(default)]
+    pub rules: Vec<RawAccessRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessRule {
+    pub destination: RawDestination,
+    /// SPIFFE IDs allowed to connect.
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -311,11 +396,21 @@ impl RawConfig {
             }
         }
 
+        let identity = validate_identity(&self.identity, &mut errs);
+        let access = validate_access(&self.access, &self.services, &mut errs);
+        let inbound_policy = InboundPolicy {
+            default: self.inbound.mode,
+            ports: self.inbound.ports.clone(),
+        };
+
         match (outbound, inbound, admin, connect, idle, max_conns) {
             (Some(outbound), Some(inbound), Some(admin), Some(connect), Some(idle), Some(max))
                 if errs.is_empty() =>
             {
                 Ok(Config {
+                    identity,
+                    inbound: inbound_policy,
+                    access,
                     listeners: Listeners { outbound, inbound },
                     admin,
                     bypass_mark: NonZeroU32::new(self.bypass_mark),
@@ -365,6 +460,82 @@ fn parse_duration(s: &str, path: &str, errs: &mut Vec<ConfigError>) -> Option<Du
             ));
             None
         }
+    }
+}
+
+fn validate_identity(raw: &RawIdentity, errs: &mut Vec<ConfigError>) -> IdentityConfig {
+    let mut need = |field: &str, v: &Option<String>| match v.as_deref() {
+        Some(s) if !s.is_empty() => PathBuf::from(s),
+        _ => {
+            errs.push(ConfigError::new(
+                format!("identity.{field}"),
+                format!("required when identity.source is {:?}", raw.source),
+            ));
+            PathBuf::new()
+        }
+    };
+    match raw.source {
+        IdentitySourceKind::None => IdentityConfig::None,
+        IdentitySourceKind::WorkloadApi => IdentityConfig::WorkloadApi {
+            socket: need("socket", &raw.socket),
+        },
+        IdentitySourceKind::Files => IdentityConfig::Files {
+            cert: need("cert", &raw.cert),
+            key: need("key", &raw.key),
+            bundle: need("bundle", &raw.bundle),
+        },
+    }
+}
+
+fn validate_access(
+    raw: &RawAccess,
+    services: &[RawService],
+    errs: &mut Vec<ConfigError>,
+) -> AccessPolicy {
+    let mut rules = Vec::with_capacity(raw.rules.len());
+    for (ri, r) in raw.rules.iter().enumerate() {
+        let p = format!("access.rules[{ri}]");
+        if let Some(svc) = &r.destination.service
+            && !services.iter().any(|s| &s.name == svc)
+        {
+            errs.push(ConfigError::new(
+                format!("{p}.destination.service"),
+                format!("unknown service {svc:?} (not in services)"),
+            ));
+        }
+        if r.destination.port == Some(0) {
+            errs.push(ConfigError::new(
+                format!("{p}.destination.port"),
+                "port 0 is not a port",
+            ));
+        }
+        if r.sources.is_empty() {
+            errs.push(ConfigError::new(
+                format!("{p}.sources"),
+                "a rule needs at least one source (to refuse everyone, use default: deny)",
+            ));
+        }
+        let mut sources = std::collections::BTreeSet::new();
+        for (si, src) in r.sources.iter().enumerate() {
+            match SpiffeId::parse(src) {
+                Ok(id) => {
+                    sources.insert(id);
+                }
+                Err(e) => errs.push(ConfigError::new(
+                    format!("{p}.sources[{si}]"),
+                    format!("invalid SPIFFE ID {src:?}: {e}"),
+                )),
+            }
+        }
+        rules.push(AccessRule {
+            service: r.destination.service.clone(),
+            port: r.destination.port,
+            sources,
+        });
+    }
+    AccessPolicy {
+        default: raw.default,
+        rules,
     }
 }
 
@@ -467,9 +638,39 @@ fn validate_service(raw: &RawService, p: &str, errs: &mut Vec<ConfigError>) -> O
     })
 }
 
+/// Where the proxy's identity comes from, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityConfig {
+    None,
+    WorkloadApi {
+        socket: PathBuf,
+    },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        bundle: PathBuf,
+    },
+}
+
+/// Strict or permissive, per inbound port.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InboundPolicy {
+    pub default: InboundMode,
+    pub ports: BTreeMap<u16, InboundMode>,
+}
+
+impl InboundPolicy {
+    pub fn mode_for(&self, port: u16) -> InboundMode {
+        self.ports.get(&port).copied().unwrap_or(self.default)
+    }
+}
+
 /// A validated, immutable configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub identity: IdentityConfig,
+    pub inbound: InboundPolicy,
+    pub access: AccessPolicy,
     pub listeners: Listeners,
     pub admin: SocketAddr,
     /// `None` when marking is off.
@@ -556,6 +757,13 @@ impl Config {
     /// The document this config was built from, for display (`/config`).
     pub fn raw(&self) -> &RawConfig {
         &self.raw
+    }
+
+    /// The service an endpoint address belongs to (for inbound access checks).
+    pub fn service_of_endpoint(&self, addr: SocketAddr) -> Option<&Service> {
+        self.by_endpoint
+            .get(&canonical(addr))
+            .map(|&(si, _)| &self.services[si])
     }
 
     /// Looks up an outbound connection's original destination.

@@ -9,11 +9,13 @@
 //! It deliberately contains no runtime, no syscalls and no I/O; `uring-proxy` owns those.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod addr;
 pub mod config;
 pub mod lb;
 pub mod metrics;
 pub mod spiffe;
+pub mod svid;
 
 pub use addr::{ClientAddr, OrigDst, canonical};
 pub use config::{Config, ConfigError, Format, Route};

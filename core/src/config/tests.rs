@@ -1,4 +1,5 @@
 use super::*;
+use crate::access::DefaultAccess;
 
 fn errors(yaml: &str) -> Vec<String> {
     Config::from_str(yaml, Format::Yaml)
@@ -222,4 +223,80 @@ fn service_pick_is_weighted_round_robin() {
         .filter(|&t| web.pick(t).addr == web.endpoints[0].addr)
         .count();
     assert_eq!(first, 3, "weight 3 of 4");
+}
+
+#[test]
+fn identity_inbound_and_access_sections() {
+    let c = Config::from_str(
+        r#"
+identity: { source: workload_api, socket: /run/spire/agent.sock }
+inbound: { mode: strict, ports: { 9090: permissive } }
+access:
+  default: deny
+  rules:
+    - destination: { service: web, port: 8080 }
+      sources: ["spiffe://cluster.local/ns/a/sa/frontend"]
+services:
+  - { name: web, addrs: ["10.96.0.10:80"], endpoints: [{ addr: "10.200.1.2:8080" }] }
+"#,
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        c.identity,
+        IdentityConfig::WorkloadApi {
+            socket: "/run/spire/agent.sock".into()
+        }
+    );
+    assert_eq!(c.inbound.mode_for(8080), InboundMode::Strict);
+    assert_eq!(c.inbound.mode_for(9090), InboundMode::Permissive);
+    assert_eq!(c.access.default, DefaultAccess::Deny);
+    assert_eq!(c.access.rules.len(), 1);
+    let svc = c
+        .service_of_endpoint("10.200.1.2:8080".parse().unwrap())
+        .unwrap();
+    assert_eq!(svc.name, "web");
+    assert!(
+        c.service_of_endpoint("10.200.1.2:8081".parse().unwrap())
+            .is_none()
+    );
+    // JSON spells the port map with string keys.
+    let json = r#"{"inbound": {"mode": "permissive", "ports": {"8443": "strict"}}}"#;
+    let c = Config::from_str(json, Format::Json).unwrap();
+    assert_eq!(c.inbound.mode_for(8443), InboundMode::Strict);
+}
+
+#[test]
+fn identity_and_access_errors_are_reported() {
+    let errs = errors(
+        r#"
+identity: { source: files, cert: /c.pem }
+access:
+  rules:
+    - destination: { service: nope, port: 0 }
+      sources: ["spiffe://td/ns/../x", "spiffe://td/ok"]
+    - destination: { port: 80 }
+      sources: []
+"#,
+    );
+    let want = [
+        "identity.key: required when identity.source is Files",
+        "identity.bundle: required when identity.source is Files",
+        "access.rules[0].destination.service: unknown service \"nope\"",
+        "access.rules[0].destination.port: port 0 is not a port",
+        "access.rules[0].sources[0]: invalid SPIFFE ID",
+        "access.rules[1].sources: a rule needs at least one source",
+    ];
+    for w in want {
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "missing {w:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    let errs = errors("identity: { source: workload_api }");
+    assert_eq!(
+        errs,
+        ["identity.socket: required when identity.source is WorkloadApi"]
+    );
 }
