@@ -91,7 +91,7 @@ fn a_good_svid_verifies_both_ways() {
     let ca = ca("root");
     let c = leaf(&ca, Leaf::default());
     let b = bundles("example.org", &ca);
-    let id = check(&[c.clone()], &b).unwrap();
+    let id = check(std::slice::from_ref(&c), &b).unwrap();
     assert_eq!(id.to_string(), "spiffe://example.org/ns/default/sa/web");
     assert_eq!(verify(&[c], &b, now(), Role::Server).unwrap(), id);
 }
