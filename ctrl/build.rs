@@ -1,0 +1,12 @@
+//! Generates the Workload API server from `proto/workload.proto` with protox (a Rust protobuf
+//! compiler: no protoc needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/workload.proto");
+    let fds = protox::compile(["proto/workload.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! A development SPIFFE Workload API server: the same gRPC service as a SPIRE agent, on a
+//! unix socket, with its own CA. It identifies the caller by the socket's peer credentials
+//! and maps the uid to a SPIFFE ID, mints that workload an SVID, and streams a fresh one at
+//! half the TTL, so rotation happens all the time.
+//!
+//! For single-machine use and tests. It attests nothing beyond the peer's uid.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::Stream;
+use ringmesh_core::SpiffeId;
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::ca::DevCa;
+use crate::pb;
+use crate::pb::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+
+/// Which SPIFFE ID a caller gets.
+#[derive(Debug, Clone, Default)]
+pub struct Mapping {
+    pub by_uid: HashMap<u32, SpiffeId>,
+    /// For callers no rule names.
+    pub default: Option<SpiffeId>,
+}
+
+impl Mapping {
+    pub fn resolve(&self, uid: Option<u32>) -> Option<&SpiffeId> {
+        uid.and_then(|u| self.by_uid.get(&u))
+            .or(self.default.as_ref())
+    }
+}
+
+/// The server's state: the CA, the TTL and the mapping.
+#[derive(Debug)]
+pub struct DevServer {
+    pub ca: DevCa,
+    pub trust_domain: String,
+    pub ttl: Duration,
+    pub mapping: Mapping,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The gRPC service for one socket (a socket may carry its own default identity).
+#[derive(Debug, Clone)]
+struct Service {
+    server: Arc<DevServer>,
+    socket_default: Option<SpiffeId>,
+}
+
+fn concat(certs: &[rustls_pki_types::CertificateDer<'static>]) -> Vec<u8> {
+    certs
+        .iter()
+        .flat_map(|c| c.as_ref().iter().copied())
+        .collect()
+}
+
+impl Service {
+    /// SPIRE refuses requests without the `workload.spiffe.io: true` header (it keeps
+    /// browsers and stray HTTP clients out); so do we.
+    fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+        match req
+            .metadata()
+            .get("workload.spiffe.io")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("true") => Ok(()),
+            _ => Err(Status::invalid_argument(
+                "security header missing from request",
+            )),
+        }
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
+        let uid = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|c| c.peer_cred)
+            .map(|c| c.uid());
+        self.server
+            .mapping
+            .resolve(uid)
+            .or(self.socket_default.as_ref())
+            .cloned()
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "no identity issued: no mapping for uid {}",
+                    uid.map_or("unknown".into(), |u| u.to_string())
+                ))
+            })
+    }
+
+    fn svid_response(&self, id: &SpiffeId) -> Result<pb::X509svidResponse, Status> {
+        let s = &self.server;
+        let minted =
+            s.ca.mint(id, s.ttl, SystemTime::now())
+                .map_err(|e| Status::internal(format!("minting an SVID: {e}")))?;
+        Ok(pb::X509svidResponse {
+            svids: vec![pb::X509svid {
+                spiffe_id: id.to_string(),
+                x509_svid: concat(&minted.chain),
+                x509_svid_key: minted.key,
+                bundle: concat(s.ca.bundle()),
+                hint: String::new(),
+            }],
+            crl: Vec::new(),
+            federated_bundles: HashMap::new(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for Service {
+    type FetchX509SVIDStream = BoxStream<pb::X509svidResponse>;
+    type FetchX509BundlesStream = BoxStream<pb::X509BundlesResponse>;
+    type FetchJWTBundlesStream = BoxStream<pb::JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        Self::check_header(&req)?;
+        let id = self.caller(&req)?;
+        let first = self.svid_response(&id)?;
+        tracing::info!(spiffe_id = %id, ttl = ?self.server.ttl, "issuing X509-SVIDs");
+        let (tx, rx) = mpsc::channel(2);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut next = Ok(first);
+            loop {
+                if tx.send(next).await.is_err() {
+                    return; // the workload went away
+                }
+                tokio::time::sleep(me.server.ttl / 2).await;
+                next = me.svid_response(&id);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        Self::check_header(&req)?;
+        let bundles = HashMap::from([(
+            self.server.trust_domain.clone(),
+            concat(self.server.ca.bundle()),
+        )]);
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            // The bundle never changes; keep the stream open until the client leaves.
+            let _ = tx
+                .send(Ok(pb::X509BundlesResponse {
+                    crl: Vec::new(),
+                    bundles,
+                }))
+                .await;
+            tx.closed().await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        _: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        Err(Status::unimplemented(
+            "this development server issues X509-SVIDs only",
+        ))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        _: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        Err(Status::unimplemented(
+            "this development server issues X509-SVIDs only",
+        ))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        _: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        Err(Status::unimplemented(
+            "this development server issues X509-SVIDs only",
+        ))
+    }
+}
+
+/// Binds the socket (replacing a stale one), open to every local user as a SPIRE agent's is.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let l = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(l)
+}
+
+impl DevServer {
+    /// Serves the Workload API on `listener` until `shutdown` completes. Callers no mapping
+    /// names get `socket_default`, when given.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: UnixListener,
+        socket_default: Option<SpiffeId>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let svc = Service {
+            server: self,
+            socket_default,
+        };
+        tonic::transport::Server::builder()
+            .add_service(SpiffeWorkloadApiServer::new(svc))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .await
+    }
+}
+
+/// Where a socket path for tests and the demo would go.
+pub fn default_socket() -> PathBuf {
+    PathBuf::from("/run/ringmesh/workload.sock")
+}
