@@ -229,6 +229,13 @@ pub struct RawTimeouts {
     /// A connection that moves no byte either way for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle: String,
+    /// A TLS handshake between proxies must finish within this.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake: String,
+    /// How long an inbound connection may stay silent before its first byte decides TLS or
+    /// plaintext; a peer that does not speak first (a server-first protocol) is plaintext.
+    #[serde(default = "default_first_byte_timeout")]
+    pub first_byte: String,
 }
 
 impl Default for RawTimeouts {
@@ -236,8 +243,17 @@ impl Default for RawTimeouts {
         Self {
             connect: default_connect_timeout(),
             idle: default_idle_timeout(),
+            handshake: default_handshake_timeout(),
+            first_byte: default_first_byte_timeout(),
         }
     }
+}
+
+fn default_handshake_timeout() -> String {
+    "5s".into()
+}
+fn default_first_byte_timeout() -> String {
+    "1s".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -343,6 +359,9 @@ impl RawConfig {
         let admin = parse_addr(&self.admin, "admin", &mut errs);
         let connect = parse_duration(&self.timeouts.connect, "timeouts.connect", &mut errs);
         let idle = parse_duration(&self.timeouts.idle, "timeouts.idle", &mut errs);
+        let handshake = parse_duration(&self.timeouts.handshake, "timeouts.handshake", &mut errs);
+        let first_byte =
+            parse_duration(&self.timeouts.first_byte, "timeouts.first_byte", &mut errs);
         let max_conns = NonZeroU32::new(self.limits.max_connections_per_worker);
         if max_conns.is_none() {
             errs.push(ConfigError::new(
@@ -403,8 +422,17 @@ impl RawConfig {
             ports: self.inbound.ports.clone(),
         };
 
-        match (outbound, inbound, admin, connect, idle, max_conns) {
-            (Some(outbound), Some(inbound), Some(admin), Some(connect), Some(idle), Some(max))
+        let timeouts = match (connect, idle, handshake, first_byte) {
+            (Some(connect), Some(idle), Some(handshake), Some(first_byte)) => Some(Timeouts {
+                connect,
+                idle,
+                handshake,
+                first_byte,
+            }),
+            _ => None,
+        };
+        match (outbound, inbound, admin, timeouts, max_conns) {
+            (Some(outbound), Some(inbound), Some(admin), Some(timeouts), Some(max))
                 if errs.is_empty() =>
             {
                 Ok(Config {
@@ -414,7 +442,7 @@ impl RawConfig {
                     listeners: Listeners { outbound, inbound },
                     admin,
                     bypass_mark: NonZeroU32::new(self.bypass_mark),
-                    timeouts: Timeouts { connect, idle },
+                    timeouts,
                     limits: Limits {
                         max_connections_per_worker: max,
                     },
@@ -695,6 +723,8 @@ pub struct Listeners {
 pub struct Timeouts {
     pub connect: Duration,
     pub idle: Duration,
+    pub handshake: Duration,
+    pub first_byte: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

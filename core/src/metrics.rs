@@ -47,22 +47,61 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
 ];
 
+/// Upper bounds (seconds) of the TLS handshake histogram's buckets.
+pub const HANDSHAKE_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// A fixed-bucket histogram of durations, single writer.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Non-cumulative counts; the last is the `+Inf` overflow.
-    buckets: [Counter; DURATION_BUCKETS.len() + 1],
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    /// Non-cumulative counts per bound.
+    buckets: [Counter; N],
+    /// Above the last bound (`+Inf`).
+    overflow: Counter,
     sum_micros: Counter,
 }
 
-impl Histogram {
+impl<const N: usize> Histogram<N> {
+    pub fn new(bounds: &'static [f64; N]) -> Self {
+        Self {
+            bounds,
+            buckets: std::array::from_fn(|_| Counter::default()),
+            overflow: Counter::default(),
+            sum_micros: Counter::default(),
+        }
+    }
+
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = DURATION_BUCKETS.partition_point(|&b| b < secs);
-        self.buckets[i].inc();
+        match self.buckets.get(self.bounds.partition_point(|&b| b < secs)) {
+            Some(b) => b.inc(),
+            None => self.overflow.inc(),
+        }
         self.sum_micros
             .add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
+}
+
+/// Writes the series of histograms (one per shard, summed) under `name{labels,le=..}`.
+fn render_histogram<const N: usize>(
+    o: &mut String,
+    name: &str,
+    labels: &str,
+    parts: &[&Histogram<N>],
+) {
+    let mut cumulative = 0;
+    let bounds = parts.first().map_or(&[0.0; N], |h| h.bounds);
+    for (i, bound) in bounds.iter().enumerate() {
+        cumulative += parts.iter().map(|h| h.buckets[i].get()).sum::<u64>();
+        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += parts.iter().map(|h| h.overflow.get()).sum::<u64>();
+    let micros: u64 = parts.iter().map(|h| h.sum_micros.get()).sum();
+    let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(o, "{name}_sum{{{labels}}} {}", micros as f64 / 1e6);
+    let _ = writeln!(o, "{name}_count{{{labels}}} {cumulative}");
 }
 
 macro_rules! label_enum {
@@ -128,6 +167,17 @@ label_enum!(
         ConnectionLimit => "connection_limit",
         /// Refused: the kernel had no original destination for it.
         NoOriginalDst => "no_original_dst",
+        /// The TLS handshake failed (bad or untrusted certificate, protocol error).
+        TlsError => "tls_error",
+        /// The upstream's certificate is valid but names another SPIFFE ID than the
+        /// endpoint should have.
+        IdentityMismatch => "identity_mismatch",
+        /// Refused by the access policy (after the handshake, before a byte reached the app).
+        AccessDenied => "access_denied",
+        /// Refused: plaintext to a port in strict mode.
+        PlaintextRefused => "plaintext_refused",
+        /// Refused: mTLS is needed and the proxy holds no valid SVID (fail closed).
+        NoIdentity => "no_identity",
     }
 );
 
@@ -140,6 +190,9 @@ impl Outcome {
                 | Outcome::EgressDenied
                 | Outcome::ConnectionLimit
                 | Outcome::NoOriginalDst
+                | Outcome::AccessDenied
+                | Outcome::PlaintextRefused
+                | Outcome::NoIdentity
         )
     }
 }
@@ -160,6 +213,16 @@ label_enum!(
 );
 
 label_enum!(
+    /// Whether a connection's peer link is mutual TLS.
+    Security { Mtls => "mtls", Plaintext => "plaintext" }
+);
+
+label_enum!(
+    /// How a TLS handshake ended.
+    HandshakeResult { Ok => "ok", Failed => "failed" }
+);
+
+label_enum!(
     /// Why accept failed.
     AcceptError { FdExhausted => "fd_exhausted", Other => "other" }
 );
@@ -167,7 +230,7 @@ label_enum!(
 type PerDir<T> = [T; Direction::COUNT];
 
 /// One worker's metrics. Aligned so two workers' shards never share a cache line.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(128))]
 pub struct WorkerShard {
     opened: PerDir<Counter>,
@@ -175,14 +238,53 @@ pub struct WorkerShard {
     active: PerDir<Gauge>,
     /// Bytes received from each side, by direction.
     bytes: PerDir<[Counter; Side::COUNT]>,
-    duration: PerDir<Histogram>,
+    duration: PerDir<Histogram<{ DURATION_BUCKETS.len() }>>,
+    handshakes: PerDir<[Counter; HandshakeResult::COUNT]>,
+    handshake_time: PerDir<Histogram<{ HANDSHAKE_BUCKETS.len() }>>,
+    security: PerDir<[Counter; Security::COUNT]>,
     routes: [Counter; RouteKind::COUNT],
     copies: [Counter; CopyKind::COUNT],
     copy_switches: Counter,
     accept_errors: [Counter; AcceptError::COUNT],
 }
 
+impl Default for WorkerShard {
+    fn default() -> Self {
+        Self {
+            opened: Default::default(),
+            closed: Default::default(),
+            active: Default::default(),
+            bytes: Default::default(),
+            duration: std::array::from_fn(|_| Histogram::new(&DURATION_BUCKETS)),
+            handshakes: Default::default(),
+            handshake_time: std::array::from_fn(|_| Histogram::new(&HANDSHAKE_BUCKETS)),
+            security: Default::default(),
+            routes: Default::default(),
+            copies: Default::default(),
+            copy_switches: Counter::default(),
+            accept_errors: Default::default(),
+        }
+    }
+}
+
 impl WorkerShard {
+    /// A TLS handshake ended; `took` is from its first byte to its last.
+    pub fn handshake(&self, dir: Direction, result: HandshakeResult, took: Duration) {
+        self.handshakes[dir.idx()][result.idx()].inc();
+        if result == HandshakeResult::Ok {
+            self.handshake_time[dir.idx()].observe(took);
+        }
+    }
+
+    /// A connection's peer link is (or is not) mutual TLS.
+    pub fn security(&self, dir: Direction, security: Security) {
+        self.security[dir.idx()][security.idx()].inc();
+    }
+
+    pub fn handshake_count(&self, dir: Direction, result: HandshakeResult) -> u64 {
+        self.handshakes[dir.idx()][result.idx()].get()
+    }
+
     pub fn opened(&self, dir: Direction) {
         self.opened[dir.idx()].inc();
         self.active[dir.idx()].add(1);
@@ -258,6 +360,22 @@ pub struct ProcessInfo {
     pub draining: bool,
     /// Seconds since the Unix epoch when the process started.
     pub start_time_seconds: u64,
+    /// The SVID in force, if any.
+    pub identity: Option<IdentityInfo>,
+    /// SVIDs received after the first.
+    pub identity_rotations: u64,
+    pub identity_source_errors: u64,
+    /// Connections refused by the access policy, by source SPIFFE ID (`none`: plaintext).
+    pub access_denied: Vec<(String, u64)>,
+}
+
+/// The proxy's own SVID, for the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityInfo {
+    pub spiffe_id: String,
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 /// Sums the shards and writes the Prometheus text exposition (format 0.0.4).
@@ -360,6 +478,77 @@ pub fn render(shards: &[&WorkerShard], info: &ProcessInfo) -> String {
 
     header(
         &mut o,
+        "ringmesh_identity_valid",
+        "gauge",
+        "1 while the proxy holds a valid SVID.",
+    );
+    let _ = writeln!(
+        o,
+        "ringmesh_identity_valid {}",
+        u8::from(info.identity.is_some())
+    );
+    if let Some(id) = &info.identity {
+        header(
+            &mut o,
+            "ringmesh_identity_info",
+            "gauge",
+            "The SVID in force, value 1.",
+        );
+        let _ = writeln!(
+            o,
+            "ringmesh_identity_info{{spiffe_id=\"{}\",serial=\"{}\"}} 1",
+            escape(&id.spiffe_id),
+            escape(&id.serial)
+        );
+        header(
+            &mut o,
+            "ringmesh_identity_expiry_timestamp_seconds",
+            "gauge",
+            "When the SVID in force expires, Unix seconds.",
+        );
+        let _ = writeln!(
+            o,
+            "ringmesh_identity_expiry_timestamp_seconds {}",
+            id.not_after
+        );
+    }
+    header(
+        &mut o,
+        "ringmesh_identity_rotations_total",
+        "counter",
+        "SVIDs received after the first.",
+    );
+    let _ = writeln!(
+        o,
+        "ringmesh_identity_rotations_total {}",
+        info.identity_rotations
+    );
+    header(
+        &mut o,
+        "ringmesh_identity_source_errors_total",
+        "counter",
+        "Failures of the identity source (retried with backoff).",
+    );
+    let _ = writeln!(
+        o,
+        "ringmesh_identity_source_errors_total {}",
+        info.identity_source_errors
+    );
+    header(
+        &mut o,
+        "ringmesh_access_denied_total",
+        "counter",
+        "Connections refused by the access policy, by source identity.",
+    );
+    for (source, n) in &info.access_denied {
+        let _ = writeln!(
+            o,
+            "ringmesh_access_denied_total{{source=\"{}\"}} {n}",
+            escape(source)
+        );
+    }
+    header(
+        &mut o,
         "ringmesh_connections_opened_total",
         "counter",
         "Connections accepted.",
@@ -433,28 +622,59 @@ pub fn render(shards: &[&WorkerShard], info: &ProcessInfo) -> String {
         "Connection lifetime, accept to close.",
     );
     for d in Direction::ALL {
-        let mut cumulative = 0;
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += sum(&|s| s.duration[d.idx()].buckets[i].get());
+        let parts: Vec<_> = shards.iter().map(|s| &s.duration[d.idx()]).collect();
+        let labels = format!("direction=\"{d}\"");
+        render_histogram(
+            &mut o,
+            "ringmesh_connection_duration_seconds",
+            &labels,
+            &parts,
+        );
+    }
+    header(
+        &mut o,
+        "ringmesh_connections_security_total",
+        "counter",
+        "Connections by peer link: mutual TLS or plaintext.",
+    );
+    for d in Direction::ALL {
+        for sec in Security::ALL {
+            let v = sum(&|s| s.security[d.idx()][sec.idx()].get());
             let _ = writeln!(
                 o,
-                "ringmesh_connection_duration_seconds_bucket{{direction=\"{d}\",le=\"{bound}\"}} {cumulative}"
+                "ringmesh_connections_security_total{{direction=\"{d}\",security=\"{sec}\"}} {v}"
             );
         }
-        cumulative += sum(&|s| s.duration[d.idx()].buckets[DURATION_BUCKETS.len()].get());
-        let micros = sum(&|s| s.duration[d.idx()].sum_micros.get());
-        let _ = writeln!(
-            o,
-            "ringmesh_connection_duration_seconds_bucket{{direction=\"{d}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let _ = writeln!(
-            o,
-            "ringmesh_connection_duration_seconds_sum{{direction=\"{d}\"}} {}",
-            micros as f64 / 1e6
-        );
-        let _ = writeln!(
-            o,
-            "ringmesh_connection_duration_seconds_count{{direction=\"{d}\"}} {cumulative}"
+    }
+    header(
+        &mut o,
+        "ringmesh_tls_handshakes_total",
+        "counter",
+        "TLS handshakes by result.",
+    );
+    for d in Direction::ALL {
+        for r in HandshakeResult::ALL {
+            let v = sum(&|s| s.handshakes[d.idx()][r.idx()].get());
+            let _ = writeln!(
+                o,
+                "ringmesh_tls_handshakes_total{{direction=\"{d}\",result=\"{r}\"}} {v}"
+            );
+        }
+    }
+    header(
+        &mut o,
+        "ringmesh_tls_handshake_duration_seconds",
+        "histogram",
+        "Successful TLS handshakes, first byte to last.",
+    );
+    for d in Direction::ALL {
+        let parts: Vec<_> = shards.iter().map(|s| &s.handshake_time[d.idx()]).collect();
+        let labels = format!("direction=\"{d}\"");
+        render_histogram(
+            &mut o,
+            "ringmesh_tls_handshake_duration_seconds",
+            &labels,
+            &parts,
         );
     }
     header(

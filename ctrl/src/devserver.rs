@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::Stream;
 use ringmesh_core::SpiffeId;
 use tokio::net::UnixListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
@@ -55,6 +55,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 struct Service {
     server: Arc<DevServer>,
     socket_default: Option<SpiffeId>,
+    /// Becomes true on shutdown: every open stream ends, so the graceful shutdown can finish.
+    stopping: watch::Receiver<bool>,
 }
 
 fn concat(certs: &[rustls_pki_types::CertificateDer<'static>]) -> Vec<u8> {
@@ -133,14 +135,17 @@ impl SpiffeWorkloadApi for Service {
         let first = self.svid_response(&id)?;
         tracing::info!(spiffe_id = %id, ttl = ?self.server.ttl, "issuing X509-SVIDs");
         let (tx, rx) = mpsc::channel(2);
-        let me = self.clone();
+        let mut me = self.clone();
         tokio::spawn(async move {
             let mut next = Ok(first);
             loop {
                 if tx.send(next).await.is_err() {
                     return; // the workload went away
                 }
-                tokio::time::sleep(me.server.ttl / 2).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(me.server.ttl / 2) => {}
+                    _ = me.stopping.wait_for(|s| *s) => return,
+                }
                 next = me.svid_response(&id);
             }
         });
@@ -223,9 +228,15 @@ impl DevServer {
         socket_default: Option<SpiffeId>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        let (stop_tx, stopping) = watch::channel(false);
         let svc = Service {
             server: self,
             socket_default,
+            stopping,
+        };
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
         };
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(svc))

@@ -86,11 +86,14 @@ const TEXT: &str = "text/plain; charset=utf-8";
 
 fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !matches!(path, "/metrics" | "/ready" | "/live" | "/config") {
+    if !matches!(
+        path,
+        "/metrics" | "/ready" | "/live" | "/config" | "/identity"
+    ) {
         return respond(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /metrics /ready /live /config\n",
+            "not found; try /metrics /ready /live /config /identity\n",
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -104,10 +107,19 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         ),
         "/ready" => match (shared.ready(), shared.phase()) {
             (true, _) => respond(StatusCode::OK, TEXT, "ready\n"),
+            (false, Phase::Running)
+                if shared.identity_required && shared.identity.load().is_none() =>
+            {
+                respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "no valid SVID\n")
+            }
             (false, Phase::Running) => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n"),
             (false, _) => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n"),
         },
         "/live" => respond(StatusCode::OK, TEXT, "live\n"),
+        "/identity" => {
+            let body = crate::identity::describe(shared);
+            respond(StatusCode::OK, "application/json", format!("{body:#}\n"))
+        }
         _ => {
             let snap = shared.config.load();
             let body = serde_json::json!({ "version": snap.version, "config": snap.config.raw() });

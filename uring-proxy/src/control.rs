@@ -38,6 +38,7 @@ pub(crate) fn spawn(
             if let Some(l) = setup.admin {
                 tokio::spawn(crate::admin::serve(l, shared.clone()));
             }
+            crate::identity::start(&shared);
             let mut signals = if setup.signals { Some(Signals::new()) } else { None };
             loop {
                 tokio::select! {

@@ -62,14 +62,14 @@ impl Pools {
         }
     }
 
-    fn take_buf(&self) -> Box<[u8]> {
+    pub(crate) fn take_buf(&self) -> Box<[u8]> {
         self.bufs
             .borrow_mut()
             .pop()
             .unwrap_or_else(|| vec![0; BUF_SIZE].into())
     }
 
-    fn put_buf(&self, buf: Box<[u8]>) {
+    pub(crate) fn put_buf(&self, buf: Box<[u8]>) {
         let mut bufs = self.bufs.borrow_mut();
         if bufs.len() < POOL_MAX {
             bufs.push(buf);
@@ -437,7 +437,7 @@ enum ReadOutcome {
 }
 
 /// A peer that already closed both ways cannot be half-closed; that is not a failure.
-fn ignore_not_connected(e: io::Error) -> io::Result<()> {
+pub(crate) fn ignore_not_connected(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::NotConnected {
         Ok(())
     } else {

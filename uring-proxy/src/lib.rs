@@ -16,6 +16,7 @@ mod connect;
 mod control;
 mod copy;
 pub mod driver;
+mod identity;
 mod idle;
 mod inbound;
 pub mod listen;
@@ -27,6 +28,7 @@ mod signal;
 pub mod state;
 #[allow(unsafe_code)]
 mod sys;
+pub mod tls;
 mod worker;
 
 use std::path::Path;

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use monoio::net::TcpStream;
 use ringmesh_core::ClientAddr;
 use ringmesh_core::config::{EgressPolicy, Route};
-use ringmesh_core::metrics::{Direction, Outcome, RouteKind, Side};
+use ringmesh_core::metrics::{Direction, Outcome, RouteKind, Security, Side};
 
 use crate::pipeline::{self, Conn, Stop, Upstream};
 use crate::state::copy_kind;
@@ -27,7 +27,7 @@ async fn proxy(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Stop {
         Err(stop) => return stop,
     };
     // Copy both ways until both sides close; the caller records the outcome.
-    pipeline::relay(ctx, Direction::Outbound, down, &up.stream, up.copy, up.idle).await
+    pipeline::relay(ctx, Direction::Outbound, down, up).await
 }
 
 /// The set-up steps, in order, up to a connected upstream.
@@ -41,18 +41,20 @@ async fn open(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Result<
     // 3. Policy: a service's virtual address is balanced over its endpoints, a known
     //    endpoint is used as is, anything else follows the egress policy.
     let snap = ctx.shared.config.load();
-    let target = match snap.config.route(dst) {
+    // A meshed endpoint (one the config gives a SPIFFE ID) must be reached over mTLS.
+    let (target, meshed) = match snap.config.route(dst) {
         Route::Service { index, service } => {
             ctx.shard().route(RouteKind::Service);
-            service.pick(ctx.next_turn(snap.version, index)).addr
+            let endpoint = service.pick(ctx.next_turn(snap.version, index));
+            (endpoint.addr, endpoint.identity.clone())
         }
         Route::Endpoint { endpoint, .. } => {
             ctx.shard().route(RouteKind::Endpoint);
-            endpoint.addr
+            (endpoint.addr, endpoint.identity.clone())
         }
         Route::Egress(EgressPolicy::Allow) => {
             ctx.shard().route(RouteKind::Egress);
-            dst.addr()
+            (dst.addr(), None)
         }
         Route::Egress(EgressPolicy::Deny) => {
             ctx.shard().route(RouteKind::Egress);
@@ -68,14 +70,24 @@ async fn open(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Result<
     // 4. Connect, with the bypass mark, under the connect timeout.
     let stream = pipeline::dial(&snap, target).await?;
 
-    // 5. Transport security: meshed endpoints get mTLS here (issue 4); until then every
-    //    upstream is plaintext, which is what lets the copy below splice.
+    // 5. Transport security: mTLS with our SVID to a meshed endpoint, which must prove it
+    //    is the SPIFFE ID the config gives it; plaintext to anything else.
+    let tls = match &meshed {
+        Some(want) => Some(
+            pipeline::mtls_client(ctx, &stream, want, snap.config.timeouts.handshake, conn).await?,
+        ),
+        None => {
+            ctx.shard()
+                .security(Direction::Outbound, Security::Plaintext);
+            None
+        }
+    };
 
-    // 6. Copy both ways until both sides close.
     Ok(Upstream {
         stream,
         copy: copy_kind(snap.config.copy),
         idle: snap.config.timeouts.idle,
+        tls,
     })
     // 7. The caller records the outcome.
 }

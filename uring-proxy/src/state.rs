@@ -9,12 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
-use ringmesh_core::config::{Config, CopyMode};
-use ringmesh_core::metrics::{self, CopyKind, ProcessInfo, WorkerShard};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use ringmesh_core::config::{Config, CopyMode, IdentityConfig};
+use ringmesh_core::metrics::{self, CopyKind, IdentityInfo, ProcessInfo, WorkerShard};
 use tokio::sync::watch;
 
 use crate::driver::Resolved;
+use crate::tls::TlsIdentity;
 
 /// The config in force and its version (1 for the one the process started with).
 #[derive(Debug)]
@@ -56,6 +60,16 @@ pub struct Shared {
     reloads_ok: AtomicU64,
     reloads_rejected: AtomicU64,
     start_time: u64,
+    /// The SVID and its TLS configurations; `None` when there is none valid (fail closed).
+    pub identity: ArcSwapOption<TlsIdentity>,
+    /// Whether an identity source is configured (then no SVID means not ready).
+    pub identity_required: bool,
+    pub identity_rotations: AtomicU64,
+    pub identity_errors: AtomicU64,
+    /// The identity source's last error, for `/identity`.
+    pub identity_last_error: Mutex<Option<String>>,
+    /// Access-policy refusals by source SPIFFE ID. A lock, but only on the refusal path.
+    access_denied: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Shared {
@@ -66,6 +80,7 @@ impl Shared {
         listener_ports: Vec<u16>,
         config_path: Option<PathBuf>,
     ) -> Arc<Self> {
+        let identity_required = config.identity != IdentityConfig::None;
         Arc::new(Self {
             config: ArcSwap::from_pointee(Snapshot { version: 1, config }),
             phase: watch::Sender::new(Phase::Running),
@@ -79,6 +94,12 @@ impl Shared {
             start_time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            identity: ArcSwapOption::empty(),
+            identity_required,
+            identity_rotations: AtomicU64::new(0),
+            identity_errors: AtomicU64::new(0),
+            identity_last_error: Mutex::new(None),
+            access_denied: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -86,9 +107,20 @@ impl Shared {
         *self.phase.borrow()
     }
 
-    /// Serving: every worker accepts and no drain has begun.
+    /// Serving: every worker accepts, no drain has begun, and the SVID is valid if one is
+    /// needed.
     pub fn ready(&self) -> bool {
-        self.workers_started.load(Relaxed) == self.shards.len() && self.phase() == Phase::Running
+        self.workers_started.load(Relaxed) == self.shards.len()
+            && self.phase() == Phase::Running
+            && (!self.identity_required || self.identity.load().is_some())
+    }
+
+    /// Counts a connection the access policy refused (`None`: a plaintext peer).
+    pub fn count_denied(&self, source: Option<&ringmesh_core::SpiffeId>) {
+        let key = source.map_or_else(|| "none".to_string(), ToString::to_string);
+        if let Ok(mut m) = self.access_denied.lock() {
+            *m.entry(key).or_default() += 1;
+        }
     }
 
     /// Connections open now, all workers.
@@ -100,9 +132,13 @@ impl Shared {
     /// admin addresses are bound at start, so a change to them waits for a restart.
     pub fn apply(&self, config: Config) -> u64 {
         let old = self.config.load();
-        if config.listeners != old.config.listeners || config.admin != old.config.admin {
+        if config.listeners != old.config.listeners
+            || config.admin != old.config.admin
+            || config.identity != old.config.identity
+        {
             tracing::warn!(
-                "listener or admin address changed; that takes a restart, the rest is applied"
+                "listener, admin or identity source changed; that takes a restart, the rest is \
+                 applied"
             );
         }
         let version = old.version + 1;
@@ -129,6 +165,18 @@ impl Shared {
             ready: self.ready(),
             draining: self.phase() != Phase::Running,
             start_time_seconds: self.start_time,
+            identity: self.identity.load().as_ref().map(|t| IdentityInfo {
+                spiffe_id: t.identity.leaf.id.to_string(),
+                serial: t.identity.leaf.serial.clone(),
+                not_after: t.identity.leaf.not_after,
+            }),
+            identity_rotations: self.identity_rotations.load(Relaxed),
+            identity_source_errors: self.identity_errors.load(Relaxed),
+            access_denied: self
+                .access_denied
+                .lock()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default(),
         }
     }
 
