@@ -33,24 +33,51 @@ in_pod "$POD_A" iptables-save -t nat | grep RINGMESH
 echo "-- $POD_B (nftables):"
 in_pod "$POD_B" nft list table inet ringmesh
 
-step "Sidecars: uring-proxy in both pods"
+step "Identities: a development SPIFFE Workload API server (meshctl identity serve)"
+# It identifies each caller by its uid, as a SPIRE agent would by its selectors: pod-a's
+# sidecar runs as uid $PROXY_UID, pod-b's as root.
+ID_A=spiffe://cluster.local/ns/demo/sa/pod-a
+ID_B=spiffe://cluster.local/ns/demo/sa/pod-b
+SOCK=$work/workload.sock
+"$bin/meshctl" identity serve --socket "$SOCK" --trust-domain cluster.local --ttl 1h \
+  --map "$PROXY_UID=$ID_A" --map "0=$ID_B" >"$work/meshctl.log" 2>&1 &
+TB_PIDS+=($!)
+for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.05; done
+echo "uid $PROXY_UID -> $ID_A"
+echo "uid 0    -> $ID_B"
+
+step "Sidecars: uring-proxy in both pods, mTLS between them"
 cat >"$work/pod-a.yaml" <<YAML
-# pod-a's sidecar: knows the "hello" service (virtual IP 10.96.0.10:80 -> pod-b:8080).
+# pod-a's sidecar: knows the "hello" service (virtual IP 10.96.0.10:80 -> pod-b:8080), whose
+# endpoint must prove it is $ID_B.
 bypass_mark: 0
+identity: { source: workload_api, socket: "$SOCK" }
 services:
   - name: hello
     addrs: ["10.96.0.10:80", "[fd00:96::10]:80"]
     endpoints:
-      - addr: "$POD_B_IP4:8080"
+      - { addr: "$POD_B_IP4:8080", identity: "$ID_B" }
 YAML
-chmod 644 "$work/pod-a.yaml"
+cat >"$work/pod-b.yaml" <<YAML
+# pod-b's sidecar: its app port takes mTLS only, and only from pod-a.
+identity: { source: workload_api, socket: "$SOCK" }
+inbound: { mode: strict }
+access:
+  default: deny
+  rules:
+    - destination: { port: 8080 }
+      sources: ["$ID_A"]
+YAML
+chmod 644 "$work/pod-a.yaml" "$work/pod-b.yaml"
 tb_spawn "$POD_A" "$work/proxy-a.log" setpriv --reuid="$PROXY_UID" --regid="$PROXY_UID" --clear-groups \
   "$bin/uring-proxy" --config "$work/pod-a.yaml" --log-level info
-tb_spawn "$POD_B" "$work/proxy-b.log" "$bin/uring-proxy" --log-level info
+tb_spawn "$POD_B" "$work/proxy-b.log" "$bin/uring-proxy" --config "$work/pod-b.yaml" --log-level info
 tb_wait_http "$POD_A" http://127.0.0.1:15000/ready
 tb_wait_http "$POD_B" http://127.0.0.1:15000/ready
-echo "pod-a sidecar: uid $PROXY_UID, $(in_pod "$POD_A" curl -s 127.0.0.1:15000/metrics | grep -o 'driver="[a-z_]*"} 1' | head -1)"
-echo "pod-b sidecar: root + mark 1337, config version $(in_pod "$POD_B" curl -s 127.0.0.1:15000/config | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')"
+for pod in "$POD_A" "$POD_B"; do
+  printf '%s sidecar: ' "$pod"
+  in_pod "$pod" curl -s 127.0.0.1:15000/identity | python3 -c 'import json,sys,time; v=json.load(sys.stdin); print(v["spiffe_id"], "serial", v["serial"], "valid until", time.strftime("%H:%M:%S", time.gmtime(v["not_after"])), "UTC")'
+done
 
 step "App: an HTTP server on port 8080 in $POD_B"
 mkdir -p "$work/www"
@@ -60,12 +87,12 @@ for _ in $(seq 50); do in_pod "$POD_B" curl -fs -o /dev/null http://127.0.0.1:80
 
 step "Traffic: plain curl in $POD_A (it knows nothing of the mesh)"
 while read -r url what; do
-  printf '%-30s %-34s -> %s\n' "$url" "($what)" "$(in_pod "$POD_A" curl -fsS -m 5 "$url")"
+  printf '%-30s %-40s -> %s\n' "$url" "($what)" "$(in_pod "$POD_A" curl -fsS -m 5 "$url" 2>&1 || true)"
 done <<URLS
-http://$POD_B_IP4:8080/ pod-b's address, an endpoint
-http://10.96.0.10/ the hello service's virtual IP
-http://[$POD_B_IP6]:8080/ pod-b over IPv6, egress passthrough
-http://[fd00:96::10]/ the service's IPv6 virtual IP
+http://10.96.0.10/ the hello service's virtual IP, mTLS
+http://$POD_B_IP4:8080/ pod-b's address, a meshed endpoint, mTLS
+http://[fd00:96::10]/ the service's IPv6 virtual IP, mTLS
+http://[$POD_B_IP6]:8080/ not in the mesh: plaintext, refused (strict)
 URLS
 
 step "What the app saw (its client is the inbound sidecar on loopback)"
@@ -73,12 +100,12 @@ grep -E '"GET' "$work/app.log" || true
 
 step "Metrics: pod-a's sidecar (outbound)"
 in_pod "$POD_A" curl -s 127.0.0.1:15000/metrics |
-  grep -E '^ringmesh_(connections_(opened|closed)_total\{direction="outbound"[^}]*\} [1-9]|bytes_total\{direction="outbound"|outbound_routes_total|driver\{|copy_connections_total)'
+  grep -E '^ringmesh_(connections_(opened|closed)_total\{direction="outbound"[^}]*\} [1-9]|bytes_total\{direction="outbound"|outbound_routes_total|driver\{|tls_handshakes_total\{direction="outbound"|connections_security_total\{direction="outbound")'
 step "Metrics: pod-b's sidecar (inbound)"
 in_pod "$POD_B" curl -s 127.0.0.1:15000/metrics |
-  grep -E '^ringmesh_(connections_(opened|closed)_total\{direction="inbound"[^}]*\} [1-9]|bytes_total\{direction="inbound"|driver\{)'
+  grep -E '^ringmesh_(connections_(opened|closed)_total\{direction="inbound"[^}]*\} [1-9]|bytes_total\{direction="inbound"|driver\{|tls_handshakes_total\{direction="inbound"|connections_security_total\{direction="inbound"|identity_info)'
 
-step "Sidecar logs (connection failures only; successful connections log at debug)"
+step "Sidecar logs (connection failures only: here, the plaintext refused by pod-b)"
 cat "$work/proxy-a.log" "$work/proxy-b.log" | grep -E 'WARN|ERROR' || echo "(none)"
 
 step "Drain: SIGTERM both sidecars"

@@ -435,6 +435,158 @@ mod fd_limit {
     }
 }
 
+/// The demo's topology with mTLS: identities from `meshctl identity serve` (uid 1337 is the
+/// client workload, uid 0 the server workload), a strict inbound port, and a capture on the
+/// veth between the pods that must show TLS records and never the client's plaintext.
+fn mtls_between_pods(driver: &str) {
+    let bed = Testbed::new();
+    let dir = std::env::temp_dir().join(format!("ringmesh-e2e-mtls-{}", bed.server.ns));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("workload.sock");
+    let client_id = "spiffe://example.org/ns/a/sa/client";
+    let server_id = "spiffe://example.org/ns/b/sa/server";
+    let mut identity = support::netns::Spawned::new(
+        std::process::Command::new(bin("meshctl"))
+            .args([
+                "identity",
+                "serve",
+                "--socket",
+                socket.to_str().unwrap(),
+                "--trust-domain",
+                "example.org",
+            ])
+            .args([
+                "--map",
+                &format!("{PROXY_UID}={client_id}"),
+                "--map",
+                &format!("0={server_id}"),
+            ]),
+        &dir.join("meshctl.log"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "meshctl never bound its socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uid = PROXY_UID.to_string();
+    redirect(&bed.client, &["install", "--proxy-uid", &uid, "--no-mark"]);
+    redirect(&bed.server, &["install"]);
+    let identity_cfg = format!(
+        "identity: {{ source: workload_api, socket: \"{}\" }}\n",
+        socket.display()
+    );
+    let client_cfg = format!(
+        "bypass_mark: 0\n{identity_cfg}services:\n  - name: web\n    addrs: [\"10.96.0.10:80\"]\n    endpoints: [{{ addr: \"{}\", identity: \"{server_id}\" }}]\n",
+        bed.server.addr4(APP_PORT)
+    );
+    let as_proxy_uid = [
+        format!("--reuid={PROXY_UID}"),
+        format!("--regid={PROXY_UID}"),
+    ];
+    let mut client_proxy = ProxyProc::start(
+        &bed.client,
+        &client_cfg,
+        &[
+            "setpriv",
+            &as_proxy_uid[0],
+            &as_proxy_uid[1],
+            "--clear-groups",
+        ],
+        &["--driver", driver],
+    );
+    let mut server_proxy = ProxyProc::start(
+        &bed.server,
+        &format!("{identity_cfg}inbound: {{ mode: strict }}\n"),
+        &[],
+        &["--driver", driver],
+    );
+    app(&bed.server, APP_PORT);
+
+    // Capture everything on the server pod's side of the link.
+    let pcap = dir.join("link.pcap");
+    let mut capture = support::netns::Spawned::new(
+        bed.server.command("tcpdump").args([
+            "--immediate-mode",
+            "-i",
+            &bed.server_if,
+            "-U",
+            "-s",
+            "0",
+            "-w",
+            pcap.to_str().unwrap(),
+            "tcp",
+        ]),
+        &dir.join("tcpdump.log"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    let marker = format!("PLAINTEXT-MARKER-{}", std::process::id());
+    let (_, reply) = ask(&bed.client, "10.96.0.10:80".parse().unwrap(), &marker);
+    assert_eq!(
+        field(&reply, "echo="),
+        marker,
+        "the app got the bytes, through both sidecars"
+    );
+    assert!(field(&reply, "peer=").starts_with("127.0.0.1:"), "{reply}");
+    std::thread::sleep(Duration::from_millis(300));
+    capture.interrupt();
+
+    let wire = std::fs::read(&pcap).unwrap();
+    assert!(
+        !wire.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "plaintext on the wire"
+    );
+    assert!(
+        wire.windows(3).any(|w| w == [0x16, 0x03, 0x01]),
+        "a TLS ClientHello on the wire"
+    );
+    assert!(
+        wire.windows(3).any(|w| w == [0x17, 0x03, 0x03]),
+        "TLS application data on the wire"
+    );
+
+    assert_eq!(
+        client_proxy.metric("ringmesh_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}"),
+        1
+    );
+    assert_eq!(
+        server_proxy
+            .metric("ringmesh_connections_security_total{direction=\"inbound\",security=\"mtls\"}"),
+        1
+    );
+    let ids = |p: &ProxyProc| {
+        p.pod
+            .run(|| support::http_get("127.0.0.1:15000".parse().unwrap(), "/identity").1)
+    };
+    assert!(
+        ids(&client_proxy).contains(client_id),
+        "{}",
+        ids(&client_proxy)
+    );
+    assert!(
+        ids(&server_proxy).contains(server_id),
+        "{}",
+        ids(&server_proxy)
+    );
+    assert!(client_proxy.stop().success());
+    assert!(server_proxy.stop().success());
+    identity.interrupt();
+}
+
+mod mtls {
+    #[test]
+    fn io_uring() {
+        super::mtls_between_pods("uring");
+    }
+    #[test]
+    fn epoll() {
+        super::mtls_between_pods("epoll");
+    }
+}
+
 mod iptables {
     #[test]
     fn io_uring() {

@@ -94,6 +94,8 @@ impl Pod {
 pub struct Testbed {
     pub client: Pod,
     pub server: Pod,
+    /// The server pod's end of the veth.
+    pub server_if: String,
 }
 
 impl Testbed {
@@ -111,7 +113,11 @@ impl Testbed {
             ip4: Ipv4Addr::new(10, 200, n as u8, 2),
             ip6: format!("fd00:200:{n}::2").parse().unwrap(),
         };
-        let bed = Self { client, server };
+        let bed = Self {
+            client,
+            server,
+            server_if: format!("vs{tag}"),
+        };
         let (c, s) = (&bed.client, &bed.server);
         must(&format!("ip netns add {} && ip netns add {}", c.ns, s.ns));
         must(&format!(
@@ -286,5 +292,39 @@ impl Drop for ProxyProc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A helper process (the identity server, a capture) stopped on drop.
+pub struct Spawned(Option<Child>);
+
+impl Spawned {
+    pub fn new(cmd: &mut Command, log: &Path) -> Self {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(File::create(log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        Self(Some(child))
+    }
+
+    /// SIGINT (what a capture needs to flush and finish its file), then wait.
+    pub fn interrupt(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.interrupt();
     }
 }
