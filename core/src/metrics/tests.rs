@@ -100,3 +100,46 @@ fn outcome_labels_are_unique() {
     names.dedup();
     assert_eq!(names.len(), Outcome::COUNT);
 }
+
+#[test]
+fn identity_and_tls_series() {
+    let s = WorkerShard::default();
+    s.handshake(
+        Direction::Outbound,
+        HandshakeResult::Ok,
+        Duration::from_micros(800),
+    );
+    s.handshake(Direction::Inbound, HandshakeResult::Failed, Duration::ZERO);
+    s.security(Direction::Outbound, Security::Mtls);
+    s.security(Direction::Inbound, Security::Plaintext);
+    let info = ProcessInfo {
+        identity: Some(IdentityInfo {
+            spiffe_id: "spiffe://td/ns/a/sa/b".into(),
+            serial: "0A1B".into(),
+            not_after: 1_900_000_000,
+        }),
+        identity_rotations: 3,
+        access_denied: vec![("spiffe://td/ns/x/sa/y".into(), 2), ("none".into(), 1)],
+        ..Default::default()
+    };
+    let text = render(&[&s], &info);
+    for want in [
+        "ringmesh_identity_valid 1\n",
+        "ringmesh_identity_info{spiffe_id=\"spiffe://td/ns/a/sa/b\",serial=\"0A1B\"} 1\n",
+        "ringmesh_identity_expiry_timestamp_seconds 1900000000\n",
+        "ringmesh_identity_rotations_total 3\n",
+        "ringmesh_access_denied_total{source=\"spiffe://td/ns/x/sa/y\"} 2\n",
+        "ringmesh_access_denied_total{source=\"none\"} 1\n",
+        "ringmesh_tls_handshakes_total{direction=\"outbound\",result=\"ok\"} 1\n",
+        "ringmesh_tls_handshakes_total{direction=\"inbound\",result=\"failed\"} 1\n",
+        "ringmesh_tls_handshake_duration_seconds_bucket{direction=\"outbound\",le=\"0.001\"} 1\n",
+        "ringmesh_tls_handshake_duration_seconds_bucket{direction=\"outbound\",le=\"0.0005\"} 0\n",
+        "ringmesh_connections_security_total{direction=\"outbound\",security=\"mtls\"} 1\n",
+        "ringmesh_connections_security_total{direction=\"inbound\",security=\"plaintext\"} 1\n",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let none = render(&[&s], &ProcessInfo::default());
+    assert!(none.contains("ringmesh_identity_valid 0\n"));
+    assert!(!none.contains("ringmesh_identity_info"));
+}
