@@ -171,3 +171,92 @@ impl DevCa {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmesh_core::svid::{Role, TrustBundles, verify};
+    use rustls_pki_types::UnixTime;
+
+    fn now() -> UnixTime {
+        UnixTime::since_unix_epoch(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn generated_root_mints_verifiable_svids() {
+        let ca = DevCa::generate("example.org").unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/ns/a/sa/b").unwrap();
+        let m = ca
+            .mint(&id, Duration::from_secs(60), SystemTime::now())
+            .unwrap();
+        assert_eq!(m.chain.len(), 1);
+        let mut b = TrustBundles::new();
+        b.set("example.org", ca.bundle().to_vec());
+        assert_eq!(verify(&m.chain, &b, now(), Role::Client).unwrap(), id);
+        assert_eq!(verify(&m.chain, &b, now(), Role::Server).unwrap(), id);
+        let again = ca
+            .mint(&id, Duration::from_secs(60), SystemTime::now())
+            .unwrap();
+        let serial = |c: &CertificateDer<'_>| ringmesh_core::svid::inspect_leaf(c).unwrap().serial;
+        assert_ne!(
+            serial(&m.chain[0]),
+            serial(&again.chain[0]),
+            "every SVID has its own serial"
+        );
+    }
+
+    #[test]
+    fn intermediate_from_files_chains_to_the_upstream_root() {
+        // An upstream root, and an intermediate it signed, written to files.
+        let root_key = KeyPair::generate().unwrap();
+        let mut rp = CertificateParams::new(Vec::<String>::new()).unwrap();
+        rp.distinguished_name
+            .push(DnType::CommonName, "upstream root");
+        rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        rp.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let root = rp.self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(rp, root_key);
+        let int_key = KeyPair::generate().unwrap();
+        let mut ip = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ip.distinguished_name
+            .push(DnType::CommonName, "ringmesh intermediate");
+        ip.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ip.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let int = ip.signed_by(&int_key, &root_issuer).unwrap();
+        let dir = std::env::temp_dir().join(format!("ringmesh-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("int.pem"), int.pem()).unwrap();
+        std::fs::write(dir.join("int.key"), int_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("root.pem"), root.pem()).unwrap();
+
+        let ca = DevCa::from_files(
+            &dir.join("int.pem"),
+            &dir.join("int.key"),
+            Some(&dir.join("root.pem")),
+        )
+        .unwrap();
+        assert_eq!(
+            ca.bundle(),
+            &[root.der().clone()],
+            "the bundle is the upstream root"
+        );
+        let id = SpiffeId::parse("spiffe://example.org/w").unwrap();
+        let m = ca
+            .mint(&id, Duration::from_secs(60), SystemTime::now())
+            .unwrap();
+        assert_eq!(m.chain.len(), 2, "leaf and intermediate");
+        let mut b = TrustBundles::new();
+        b.set("example.org", vec![root.der().clone()]);
+        assert_eq!(verify(&m.chain, &b, now(), Role::Client).unwrap(), id);
+        // Without the intermediate the leaf does not reach the root.
+        assert!(verify(&m.chain[..1], &b, now(), Role::Client).is_err());
+
+        let missing = DevCa::from_files(&dir.join("nope.pem"), &dir.join("int.key"), None);
+        assert!(matches!(missing, Err(CaError::Read { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

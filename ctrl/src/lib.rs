@@ -9,6 +9,7 @@
 
 pub mod ca;
 pub mod devserver;
+pub mod pem;
 pub mod source;
 
 /// The Workload API messages and service, generated from `proto/workload.proto`.

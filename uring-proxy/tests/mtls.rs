@@ -24,6 +24,7 @@ both_drivers!(
     foreign_ca_and_denied_identity_never_reach_the_app,
     strict_refuses_plaintext_permissive_passes_it,
     outbound_refuses_the_wrong_server_identity,
+    files_identity_is_reread_and_a_bad_file_changes_nothing,
 );
 
 fn server_proxy(driver: DriverChoice, ids: &Identities, app: SocketAddr, extra: &str) -> Proxy {
@@ -479,4 +480,78 @@ fn outbound_refuses_the_wrong_server_identity(driver: DriverChoice) {
         0,
         "no byte reached the app"
     );
+}
+
+/// Writes an SVID for `id` (chain, key, bundle) as PEM files in `dir`.
+fn write_svid(ids: &Identities, dir: &std::path::Path, id: &str) {
+    use ringmesh_ctrl::pem::encode;
+    let (chain, key) = ids.mint(id, Duration::from_secs(3600));
+    let chain_pem: String = chain
+        .iter()
+        .map(|c| encode("CERTIFICATE", c.as_ref()))
+        .collect();
+    let bundle_pem: String = ids
+        .server
+        .ca
+        .bundle()
+        .iter()
+        .map(|c| encode("CERTIFICATE", c.as_ref()))
+        .collect();
+    std::fs::write(dir.join("svid.pem"), chain_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), encode("PRIVATE KEY", key.secret_der())).unwrap();
+    std::fs::write(dir.join("bundle.pem"), bundle_pem).unwrap();
+}
+
+fn files_identity_is_reread_and_a_bad_file_changes_nothing(driver: DriverChoice) {
+    let ids = Identities::start(Duration::from_secs(3600));
+    let dir = ids.dir.join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_svid(&ids, &dir, SERVER_ID);
+    let app = echo_server();
+    let cfg = config(&format!(
+        "identity: {{ source: files, cert: \"{0}/svid.pem\", key: \"{0}/key.pem\", bundle: \"{0}/bundle.pem\" }}",
+        dir.display()
+    ));
+    let sp = start(driver, cfg, fixed(app.addr));
+    let cp = client_proxy(driver, &ids, sp.inbound_addr(), SERVER_ID);
+    let mut c = connect(cp.outbound_addr());
+    roundtrip(&mut c, b"from files");
+    let serial = || {
+        let (_, body) = http_get(sp.admin_addr().unwrap(), "/identity");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["serial"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = serial();
+    assert!(!first.is_empty());
+
+    // New files: a new SVID, applied without a restart; the open connection stays up.
+    write_svid(&ids, &dir, SERVER_ID);
+    wait_until("the new SVID is read", Duration::from_secs(5), || {
+        serial() != first
+    });
+    assert_eq!(metric(&sp, "ringmesh_identity_rotations_total"), 1);
+    roundtrip(&mut c, b"still up");
+    let (mut s, capture) = mesh::tls_client(
+        sp.inbound_addr(),
+        Some(ids.mint(CLIENT_ID, Duration::from_secs(60))),
+    );
+    s.write_all(b"x").unwrap();
+    s.read_exact(&mut [0u8; 1]).unwrap();
+    assert_eq!(
+        mesh::serial(&capture.0.lock().unwrap()[0]),
+        serial(),
+        "new handshakes show the new SVID"
+    );
+
+    // A broken file is refused; the SVID in force keeps serving.
+    let second = serial();
+    std::fs::write(dir.join("svid.pem"), "not a certificate").unwrap();
+    wait_until("the bad file is noticed", Duration::from_secs(5), || {
+        metric(&sp, "ringmesh_identity_source_errors_total") >= 1
+    });
+    assert_eq!(serial(), second);
+    let mut c2 = connect(cp.outbound_addr());
+    roundtrip(&mut c2, b"after a bad file");
 }

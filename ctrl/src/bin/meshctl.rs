@@ -115,7 +115,11 @@ fn main() -> anyhow::Result<()> {
                 _ => DevCa::generate(&trust_domain)?,
             };
             if let Some(path) = write_bundle {
-                let pem: String = ca.bundle().iter().map(|c| pem_cert(c.as_ref())).collect();
+                let pem: String = ca
+                    .bundle()
+                    .iter()
+                    .map(|c| ringmesh_ctrl::pem::encode("CERTIFICATE", c.as_ref()))
+                    .collect();
                 std::fs::write(&path, pem)?;
             }
             let server = Arc::new(DevServer {
@@ -164,27 +168,4 @@ fn main() -> anyhow::Result<()> {
             }
         }),
     }
-}
-
-fn pem_cert(der: &[u8]) -> String {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let n =
-            chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
