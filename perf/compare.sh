@@ -7,8 +7,9 @@
 #   perf/compare.sh                       # the full run (about 15 minutes on 2 cores)
 #   ROUNDS=1 DURATION=2s perf/compare.sh  # a quick look
 #
-# Knobs (environment): ROUNDS DURATION WARMUP CONNS RATE IDLE_CONNS WORKERS LOAD_CPUS
-# PROXY_CPUS SCENARIOS MESH (1: also the two-pod path) OUT (raw results).
+# Knobs (environment): ROUNDS DURATION WARMUP CONNS RATE IDLE_CONNS (0: skip) WORKERS
+# LOAD_CPUS PROXY_CPUS SCENARIOS (the loopback ones; empty for none) MESH (1: also the
+# two-pod path) OUT (raw results) REPORT PLOT (where the report and plot go).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -24,6 +25,9 @@ PROXY_CPUS=${PROXY_CPUS:-1}
 SCENARIOS=${SCENARIOS:-"http-keepalive http-rate tcp-conn stream-1 tcp-rr-16k"}
 MESH=${MESH:-1}
 OUT=${OUT:-$here/out}
+# Where the report goes (a quick look can write elsewhere and leave the recorded run alone).
+REPORT=${REPORT:-$here/RESULTS.md}
+PLOT=${PLOT:-$here/latency.svg}
 NS=rmperf
 bin=$root/target/release
 load_threads=$(($(tr ',' '\n' <<<"$LOAD_CPUS" | wc -l)))
@@ -223,8 +227,9 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-echo "== $IDLE_CONNS idle connections through each contender"
+((IDLE_CONNS > 0)) && echo "== $IDLE_CONNS idle connections through each contender"
 for c in "${CONTENDERS[@]}"; do
+  ((IDLE_CONNS > 0)) || break
   [[ $c == direct ]] && continue
   watch=()
   for p in $(pids_of "$c"); do watch+=(--watch-pid "$p"); done
@@ -252,23 +257,69 @@ if [[ $MESH == 1 ]]; then
   side_b=${TB_PIDS[-1]}
   tb_wait_http "$POD_A" http://127.0.0.1:15000/ready
   tb_wait_http "$POD_B" http://127.0.0.1:15000/ready
+
+  # A second pair of sidecars with mTLS, on other ports, with identities from the development
+  # Workload API server: pod-a's runs as uid 1337 (bypassed by uid), pod-b's as root.
+  ID_A=spiffe://cluster.local/ns/perf/sa/pod-a
+  ID_B=spiffe://cluster.local/ns/perf/sa/pod-b
+  SOCK=$OUT/workload.sock
+  "$bin/meshctl" identity serve --socket "$SOCK" --trust-domain cluster.local --ttl 1h \
+    --map "1337=$ID_A" --map "0=$ID_B" >"$OUT/meshctl.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.05; done
+  cat >"$OUT/mtls-a.yaml" <<CONF
+listeners: { outbound: "[::]:15011", inbound: "[::]:15016" }
+admin: "127.0.0.1:15010"
+bypass_mark: 0
+limits: { max_connections_per_worker: 16384 }
+identity: { source: workload_api, socket: "$SOCK" }
+services:
+  - name: bench
+    addrs: ["10.96.0.9:9000"]
+    endpoints:
+      - { addr: "$POD_B_IP4:9000", identity: "$ID_B" }
+      - { addr: "$POD_B_IP4:9001", identity: "$ID_B" }
+      - { addr: "$POD_B_IP4:9002", identity: "$ID_B" }
+CONF
+  cat >"$OUT/mtls-b.yaml" <<CONF
+listeners: { outbound: "[::]:15011", inbound: "[::]:15016" }
+admin: "127.0.0.1:15010"
+limits: { max_connections_per_worker: 16384 }
+identity: { source: workload_api, socket: "$SOCK" }
+inbound: { mode: strict }
+CONF
+  chmod 644 "$OUT/mtls-a.yaml" "$OUT/mtls-b.yaml"
+  tb_spawn "$POD_A" "$OUT/mtls-a.log" taskset -c "$PROXY_CPUS" setpriv --reuid=1337 --regid=1337 --clear-groups \
+    "$bin/uring-proxy" --config "$OUT/mtls-a.yaml" --workers "$WORKERS" --no-pin
+  mtls_a=${TB_PIDS[-1]}
+  tb_spawn "$POD_B" "$OUT/mtls-b.log" taskset -c "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/mtls-b.yaml" --workers "$WORKERS" --no-pin
+  mtls_b=${TB_PIDS[-1]}
+  tb_wait_http "$POD_A" http://127.0.0.1:15010/ready
+  tb_wait_http "$POD_B" http://127.0.0.1:15010/ready
+
   RUN_NS=$POD_A
   for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round of $ROUNDS (mesh path)"
-    for c in direct uring; do
+    for c in direct uring uring-mtls; do
       for pod in "$POD_A" "$POD_B"; do
-        if [[ $c == direct ]]; then
-          in_pod "$pod" "$bin/mesh-redirect" uninstall >/dev/null
-        else
-          in_pod "$pod" "$bin/mesh-redirect" install >/dev/null
-        fi
+        in_pod "$pod" "$bin/mesh-redirect" uninstall >/dev/null
       done
+      case $c in
+        uring)
+          in_pod "$POD_A" "$bin/mesh-redirect" install >/dev/null
+          in_pod "$POD_B" "$bin/mesh-redirect" install >/dev/null
+          ;;
+        uring-mtls)
+          in_pod "$POD_A" "$bin/mesh-redirect" install --outbound-port 15011 --inbound-port 15016 --proxy-uid 1337 --no-mark >/dev/null
+          in_pod "$POD_B" "$bin/mesh-redirect" install --outbound-port 15011 --inbound-port 15016 >/dev/null
+          ;;
+      esac
       for scenario in http-keepalive http-rate tcp-conn stream-1; do
-        if [[ $c == direct ]]; then
-          run_one "mesh-$scenario" "$round" "$c" "$POD_B_IP4" 9000
-        else
-          run_one "mesh-$scenario" "$round" "$c" "$POD_B_IP4" 9000 "$side_a" "$side_b"
-        fi
+        case $c in
+          direct) run_one "mesh-$scenario" "$round" "$c" "$POD_B_IP4" 9000 ;;
+          uring) run_one "mesh-$scenario" "$round" "$c" "$POD_B_IP4" 9000 "$side_a" "$side_b" ;;
+          *) run_one "mesh-$scenario" "$round" "$c" "$POD_B_IP4" 9000 "$mtls_a" "$mtls_b" ;;
+        esac
       done
     done
   done
@@ -291,8 +342,8 @@ fi
   echo
   echo "uring-proxy runs on its real path: the client dials a service address (127.0.2.x), NAT REDIRECT sends it to the outbound listener, the proxy reads SO_ORIGINAL_DST, looks the service up and dials its endpoint. nginx and haproxy are plain TCP reverse proxies (no NAT). **uring** is the default (io_uring, \`copy: auto\`: buffered, switching a direction to splice once it moves bulk), **uring-splice** always splices, **uring-buffered** always copies through a 64 KiB buffer, **uring-epoll** is the epoll driver with the default copy."
   echo
-  echo "Scenarios: **http-keepalive** HTTP/1.1 GET, 64 B body, $CONNS keep-alive connections, closed loop (CPU/req is the contender's CPU time over the window ÷ requests); **http-rate** the same at a fixed $RATE req/s, open loop, latency from the intended send time; **tcp-conn** one 64 B request per connection, 16 at a time; **stream-1** one connection streaming into a sink; **tcp-rr-16k** 16 KiB request and response over 8 connections. **mesh-*** run pod-a -> veth -> pod-b (bench/testbed.sh) with no rules (direct) and with \`mesh-redirect\` plus a sidecar in each pod (uring: the defaults)."
+  echo "Scenarios: **http-keepalive** HTTP/1.1 GET, 64 B body, $CONNS keep-alive connections, closed loop (CPU/req is the contender's CPU time over the window ÷ requests); **http-rate** the same at a fixed $RATE req/s, open loop, latency from the intended send time; **tcp-conn** one 64 B request per connection, 16 at a time; **stream-1** one connection streaming into a sink; **tcp-rr-16k** 16 KiB request and response over 8 connections. **mesh-*** run pod-a -> veth -> pod-b (bench/testbed.sh) with no rules (direct) and with \`mesh-redirect\` plus a sidecar in each pod: **uring** with the defaults (plaintext between the sidecars, spliced), **uring-mtls** with SPIFFE identities from \`meshctl identity serve\` and mutual TLS 1.3 between the sidecars (strict inbound; every connection a full handshake, ECDSA P-256)."
 } >"$OUT/meta.md"
 
-"$bin/mesh-bench" report --results "$results" --meta "$OUT/meta.md" --out "$here/RESULTS.md" --plot "$here/latency.svg" --ours uring >/dev/null
-echo "== wrote perf/RESULTS.md and perf/latency.svg (raw: $results)"
+"$bin/mesh-bench" report --results "$results" --meta "$OUT/meta.md" --out "$REPORT" --plot "$PLOT" --ours uring >/dev/null
+echo "== wrote $REPORT and $PLOT (raw: $results)"
