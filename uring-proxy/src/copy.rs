@@ -197,7 +197,7 @@ async fn one_way(
     loop {
         match flow.pump(&mut |event| match event {
             Event::Moved(n) => {
-                cx.idle.activity().touch();
+                cx.idle.touch();
                 cx.shard.bytes(cx.dir, from, n as u64);
             }
             Event::SwitchedToSplice => cx.shard.copy_switched_to_splice(),

@@ -15,34 +15,42 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+/// One connection's activity. Times are milliseconds since the tracker's epoch, to keep the
+/// record small: there is one per open connection.
 #[derive(Debug)]
 pub(crate) struct Activity {
-    last: Cell<Instant>,
-    timeout: Duration,
+    last_ms: Cell<u64>,
+    timeout_ms: u64,
     expired: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
-impl Activity {
-    /// Records that bytes moved now.
-    #[inline]
-    pub(crate) fn touch(&self) {
-        self.last.set(Instant::now());
-    }
-}
-
 /// The worker's registry of connections' activity.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct IdleTracker {
+    epoch: Instant,
     entries: RefCell<Slab<Rc<Activity>>>,
 }
 
+impl Default for IdleTracker {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            entries: RefCell::default(),
+        }
+    }
+}
+
 impl IdleTracker {
+    fn ms(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Registers a connection; it is unregistered when the handle drops.
     pub(crate) fn register(&self, timeout: Duration) -> IdleHandle<'_> {
         let activity = Rc::new(Activity {
-            last: Cell::new(Instant::now()),
-            timeout,
+            last_ms: Cell::new(self.ms(Instant::now())),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             expired: Cell::new(false),
             waker: RefCell::new(None),
         });
@@ -56,9 +64,10 @@ impl IdleTracker {
 
     /// Marks and wakes every connection idle for its timeout as of `now`.
     pub(crate) fn sweep(&self, now: Instant) {
+        let now = self.ms(now);
         let mut woken = Vec::new();
         for (_, a) in self.entries.borrow().iter() {
-            if !a.expired.get() && now.saturating_duration_since(a.last.get()) >= a.timeout {
+            if !a.expired.get() && now.saturating_sub(a.last_ms.get()) >= a.timeout_ms {
                 a.expired.set(true);
                 if let Some(w) = a.waker.borrow_mut().take() {
                     woken.push(w);
@@ -85,8 +94,10 @@ pub(crate) struct IdleHandle<'a> {
 }
 
 impl IdleHandle<'_> {
-    pub(crate) fn activity(&self) -> &Activity {
-        &self.activity
+    /// Records that bytes moved now.
+    #[inline]
+    pub(crate) fn touch(&self) {
+        self.activity.last_ms.set(self.tracker.ms(Instant::now()));
     }
 
     /// Completes once the connection has been idle for its timeout.
@@ -133,15 +144,17 @@ mod tests {
         let t = IdleTracker::default();
         let quiet = t.register(Duration::from_millis(100));
         let busy = t.register(Duration::from_millis(100));
-        let start = Instant::now();
-        busy.activity().last.set(start + Duration::from_millis(80));
+        let start = t.epoch;
+        busy.activity
+            .last_ms
+            .set(t.ms(start + Duration::from_millis(80)));
         t.sweep(start + Duration::from_millis(99));
-        assert!(!quiet.activity().expired.get());
+        assert!(!quiet.activity.expired.get());
         t.sweep(start + Duration::from_millis(150));
-        assert!(quiet.activity().expired.get());
-        assert!(!busy.activity().expired.get(), "moved a byte 70 ms ago");
+        assert!(quiet.activity.expired.get());
+        assert!(!busy.activity.expired.get(), "moved a byte 70 ms ago");
         t.sweep(start + Duration::from_millis(200));
-        assert!(busy.activity().expired.get());
+        assert!(busy.activity.expired.get());
         drop(quiet);
         drop(busy);
         assert!(t.entries.borrow().is_empty());

@@ -4,7 +4,6 @@
 use std::rc::Rc;
 
 use monoio::net::TcpStream;
-use ringmesh_core::ClientAddr;
 use ringmesh_core::config::InboundMode;
 use ringmesh_core::metrics::{Direction, Outcome, Security, Side};
 
@@ -14,11 +13,11 @@ use crate::state::copy_kind;
 use crate::tls;
 use crate::worker::{ConnRecord, WorkerCtx};
 
-pub(crate) async fn serve(ctx: Rc<WorkerCtx>, down: TcpStream, client: ClientAddr) {
+pub(crate) async fn serve(ctx: Rc<WorkerCtx>, down: TcpStream) {
     let record = ConnRecord::open(ctx.shard(), Direction::Inbound);
-    let mut conn = Conn::new(Direction::Inbound, client);
+    let mut conn = Conn::new(Direction::Inbound);
     let stop = proxy(&ctx, &down, &mut conn).await;
-    conn.end(&ctx, record, stop);
+    conn.end(&ctx, record, stop, &down);
 }
 
 async fn proxy(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Stop {
@@ -37,7 +36,7 @@ async fn open(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Result<
     // 1. The accepted socket.
     pipeline::prepare(down)?;
     // 2. Which app port it was going to.
-    let dst = pipeline::original_dst(ctx, down, conn.client)?;
+    let dst = pipeline::original_dst(ctx, down)?;
     conn.dst = Some(dst);
 
     // 3. Transport security: the first byte tells mTLS from another proxy (a TLS handshake

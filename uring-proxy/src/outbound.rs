@@ -4,7 +4,6 @@
 use std::rc::Rc;
 
 use monoio::net::TcpStream;
-use ringmesh_core::ClientAddr;
 use ringmesh_core::config::{EgressPolicy, Route};
 use ringmesh_core::metrics::{Direction, Outcome, RouteKind, Security, Side};
 
@@ -12,11 +11,11 @@ use crate::pipeline::{self, Conn, Stop, Upstream};
 use crate::state::copy_kind;
 use crate::worker::{ConnRecord, WorkerCtx};
 
-pub(crate) async fn serve(ctx: Rc<WorkerCtx>, down: TcpStream, client: ClientAddr) {
+pub(crate) async fn serve(ctx: Rc<WorkerCtx>, down: TcpStream) {
     let record = ConnRecord::open(ctx.shard(), Direction::Outbound);
-    let mut conn = Conn::new(Direction::Outbound, client);
+    let mut conn = Conn::new(Direction::Outbound);
     let stop = proxy(&ctx, &down, &mut conn).await;
-    conn.end(&ctx, record, stop);
+    conn.end(&ctx, record, stop, &down);
 }
 
 async fn proxy(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Stop {
@@ -35,7 +34,7 @@ async fn open(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Result<
     // 1. The accepted socket.
     pipeline::prepare(down)?;
     // 2. Where it was going.
-    let dst = pipeline::original_dst(ctx, down, conn.client)?;
+    let dst = pipeline::original_dst(ctx, down)?;
     conn.dst = Some(dst);
 
     // 3. Policy: a service's virtual address is balanced over its endpoints, a known

@@ -61,10 +61,10 @@ pub(crate) struct TlsLink {
     pub on: TlsOn,
 }
 
-/// Everything logged about one connection.
+/// What is logged about one connection beyond its sockets. Kept small: it lives as long as
+/// the connection (the client's address is read from the socket when a line is written).
 pub(crate) struct Conn {
     pub dir: Direction,
-    pub client: ClientAddr,
     pub dst: Option<OrigDst>,
     pub upstream: Option<SocketAddr>,
     /// The peer proxy's SPIFFE ID, once its handshake is done.
@@ -72,10 +72,9 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub fn new(dir: Direction, client: ClientAddr) -> Self {
+    pub fn new(dir: Direction) -> Self {
         Self {
             dir,
-            client,
             dst: None,
             upstream: None,
             peer: None,
@@ -83,7 +82,12 @@ impl Conn {
     }
 
     /// Records the end of the connection: one line at most, and only for failures.
-    pub fn end(&self, ctx: &WorkerCtx, record: ConnRecord<'_>, stop: Stop) {
+    pub fn end(&self, ctx: &WorkerCtx, record: ConnRecord<'_>, stop: Stop, down: &TcpStream) {
+        let client = || {
+            down.peer_addr()
+                .map(|a| ClientAddr::new(a).to_string())
+                .unwrap_or_default()
+        };
         let dst = self.dst.map(|d| d.to_string()).unwrap_or_default();
         let up = self.upstream.map(|u| u.to_string()).unwrap_or_default();
         let peer = self
@@ -94,12 +98,12 @@ impl Conn {
         match &stop.error {
             Some(error) => tracing::warn!(
                 worker = ctx.id, direction = %self.dir, side = %stop.side, outcome = %stop.outcome,
-                client = %self.client, orig_dst = %dst, upstream = %up, peer_id = %peer,
+                client = %client(), orig_dst = %dst, upstream = %up, peer_id = %peer,
                 error = %error, "connection failed"
             ),
             None => tracing::debug!(
                 worker = ctx.id, direction = %self.dir, outcome = %stop.outcome,
-                client = %self.client, orig_dst = %dst, upstream = %up, peer_id = %peer,
+                client = %client(), orig_dst = %dst, upstream = %up, peer_id = %peer,
                 duration_ms = record.elapsed().as_millis() as u64, "connection closed"
             ),
         }
@@ -117,14 +121,14 @@ pub(crate) fn prepare(down: &TcpStream) -> Result<(), Stop> {
 }
 
 /// Recovers the original destination and refuses one that would loop back into the proxy.
-pub(crate) fn original_dst(
-    ctx: &WorkerCtx,
-    down: &TcpStream,
-    client: ClientAddr,
-) -> Result<OrigDst, Stop> {
+pub(crate) fn original_dst(ctx: &WorkerCtx, down: &TcpStream) -> Result<OrigDst, Stop> {
     let local = down
         .local_addr()
         .map_err(|e| Stop::failed(Outcome::InternalError, Side::Internal, e))?;
+    let client = down
+        .peer_addr()
+        .map(ClientAddr::new)
+        .map_err(|e| Stop::failed(Outcome::DownstreamError, Side::Downstream, e))?;
     let info = ConnInfo {
         fd: down.as_raw_fd(),
         local,

@@ -89,12 +89,21 @@ impl TlsIdentity {
     pub fn client_connection(&self) -> Result<rustls::Connection, rustls::Error> {
         let name = ServerName::try_from(SERVER_NAME)
             .map_err(|_| rustls::Error::General("server name".into()))?;
-        rustls::ClientConnection::new(self.client.clone(), name).map(Into::into)
+        rustls::ClientConnection::new(self.client.clone(), name).map(unlimited)
     }
 
     pub fn server_connection(&self) -> Result<rustls::Connection, rustls::Error> {
-        rustls::ServerConnection::new(self.server.clone()).map(Into::into)
+        rustls::ServerConnection::new(self.server.clone()).map(unlimited)
     }
+}
+
+/// rustls caps what it buffers for sending (64 KiB by default) and a write past the cap is
+/// short. The copy never seals more until what it sealed is flushed, so the buffer is bounded
+/// by one read already; the cap is lifted so a full read is always taken whole.
+fn unlimited(conn: impl Into<rustls::Connection>) -> rustls::Connection {
+    let mut conn = conn.into();
+    conn.set_buffer_limit(None);
+    conn
 }
 
 /// Verifies peers as X509-SVIDs against the trust bundles, in both directions.
@@ -337,6 +346,8 @@ struct TlsFlow<'a> {
     pools: &'a copy::Pools,
     /// Plaintext out of rustls not yet written to the plain side: `[start, end)` of a buffer.
     pending: Option<(Box<[u8]>, usize, usize)>,
+    /// close_notify is queued (the plain side ended); what is left is flushing it.
+    closing: bool,
 }
 
 impl Drop for TlsFlow<'_> {
@@ -360,18 +371,18 @@ impl TlsFlow<'_> {
             if !flushed {
                 return Ok(Wait::Writable(self.tls));
             }
+            if self.closing {
+                return Ok(Wait::Eof);
+            }
             let mut buf = self.pools.take_buf();
             let r = sys::recv(self.plain, &mut buf);
             let outcome = match r {
                 Ok(0) => {
                     self.pools.put_buf(buf);
-                    let mut conn = self.conn.borrow_mut();
-                    conn.send_close_notify();
-                    if !flush(&mut conn, self.tls).map_err(|e| (Side::Upstream, e))? {
-                        // Try again once writable; close_notify is queued.
-                        return Ok(Wait::Writable(self.tls));
-                    }
-                    return Ok(Wait::Eof);
+                    self.conn.borrow_mut().send_close_notify();
+                    // The next pass flushes it, then ends.
+                    self.closing = true;
+                    continue;
                 }
                 Ok(n) => {
                     moved(n);
@@ -509,6 +520,7 @@ pub(crate) async fn bidirectional(
         plain: plain_sock.as_raw_fd(),
         pools,
         pending: None,
+        closing: false,
     };
     let sock_of = |fd: RawFd| {
         if fd == tls_sock.as_raw_fd() {
@@ -538,7 +550,7 @@ pub(crate) async fn bidirectional(
         let mut f = flow(cx.pools);
         loop {
             let w = f.seal(&mut |n| {
-                cx.idle.activity().touch();
+                cx.idle.touch();
                 cx.shard.bytes(cx.dir, from_plain, n as u64);
             });
             match w.map_err(|(s, e)| (side_of(s), e))? {
@@ -560,7 +572,7 @@ pub(crate) async fn bidirectional(
         let mut f = flow(cx.pools);
         loop {
             let w = f.open(&mut |n| {
-                cx.idle.activity().touch();
+                cx.idle.touch();
                 cx.shard.bytes(cx.dir, from_tls, n as u64);
             });
             match w.map_err(|(s, e)| (side_of(s), e))? {

@@ -11,7 +11,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use monoio::net::{TcpListener, TcpStream};
-use ringmesh_core::ClientAddr;
 use ringmesh_core::metrics::{AcceptError, Direction, Outcome, WorkerShard};
 
 use crate::copy::{self, Pools};
@@ -193,7 +192,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, listener: TcpListener) 
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((stream, _)) => {
                 backoff = Duration::ZERO;
                 let limit = ctx
                     .shared
@@ -206,14 +205,9 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, listener: TcpListener) 
                     refuse(&ctx, dir, stream, Outcome::ConnectionLimit);
                     continue;
                 }
-                let client = ClientAddr::new(peer);
                 match dir {
-                    Direction::Outbound => {
-                        monoio::spawn(outbound::serve(ctx.clone(), stream, client))
-                    }
-                    Direction::Inbound => {
-                        monoio::spawn(inbound::serve(ctx.clone(), stream, client))
-                    }
+                    Direction::Outbound => monoio::spawn(outbound::serve(ctx.clone(), stream)),
+                    Direction::Inbound => monoio::spawn(inbound::serve(ctx.clone(), stream)),
                 };
             }
             Err(e) if is_fd_exhaustion(&e) => {
@@ -289,8 +283,7 @@ mod size_tests {
                 closing: LocalSignal::default(),
                 idle: IdleTracker::default(),
             });
-            let client = ClientAddr::new("127.0.0.1:1".parse().unwrap());
-            let outbound = std::mem::size_of_val(&outbound::serve(ctx.clone(), a, client));
+            let outbound = std::mem::size_of_val(&outbound::serve(ctx.clone(), a));
             assert!(
                 outbound <= 1400,
                 "outbound connection state is {outbound} bytes"

@@ -1,0 +1,63 @@
+//! Replays the fuzzers' corpus (`fuzz/corpus/`) through the same checks as the fuzz targets,
+//! so every input a fuzzer ever kept stays a regression test on stable Rust.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
+
+use std::path::PathBuf;
+
+use ringmesh_core::SpiffeId;
+use ringmesh_core::config::{Config, Format};
+
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let data = std::fs::read(&p).unwrap();
+            (p, data)
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "empty corpus for {target}");
+    out
+}
+
+#[test]
+fn config_corpus() {
+    let mut valid = 0;
+    for (path, data) in corpus("config") {
+        let Ok(text) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        for format in [Format::Yaml, Format::Json] {
+            if let Ok(c) = Config::from_str(text, format) {
+                valid += 1;
+                let json = serde_json::to_string(c.raw()).unwrap();
+                let back = Config::from_str(&json, Format::Json).unwrap();
+                assert_eq!(back.raw(), c.raw(), "{}", path.display());
+            }
+        }
+    }
+    assert!(valid >= 3, "the seeds include valid configs");
+}
+
+#[test]
+fn spiffe_id_corpus() {
+    for (path, data) in corpus("spiffe_id") {
+        let Ok(text) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        if let Ok(id) = SpiffeId::parse(text) {
+            assert_eq!(id.to_string(), text, "{}", path.display());
+        }
+    }
+}
+
+#[test]
+fn svid_leaf_corpus() {
+    for (_, data) in corpus("svid_leaf") {
+        let _ = ringmesh_core::svid::inspect_leaf(&data);
+    }
+}
