@@ -29,6 +29,7 @@ test: lint
 # the committed seeds in fuzz/corpus are replayed on stable by core's tests.
 FUZZ_SECONDS ?= 15
 fuzz-smoke: deps
+	@rustup toolchain list | grep -q '^nightly' || { echo "fuzz-smoke needs the nightly toolchain (rustup toolchain install nightly)" >&2; exit 1; }
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@for t in config spiffe_id svid_leaf; do \
 	  scratch=$$(mktemp -d); \
