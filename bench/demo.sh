@@ -39,10 +39,8 @@ step "Identities: a development SPIFFE Workload API server (meshctl identity ser
 ID_A=spiffe://cluster.local/ns/demo/sa/pod-a
 ID_B=spiffe://cluster.local/ns/demo/sa/pod-b
 SOCK=$work/workload.sock
-"$bin/meshctl" identity serve --socket "$SOCK" --trust-domain cluster.local --ttl 1h \
-  --map "$PROXY_UID=$ID_A" --map "0=$ID_B" >"$work/meshctl.log" 2>&1 &
-TB_PIDS+=($!)
-for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.05; done
+tb_identity_server "$bin" "$SOCK" "$work/meshctl.log" --trust-domain cluster.local --ttl 1h \
+  --map "$PROXY_UID=$ID_A" --map "0=$ID_B"
 echo "uid $PROXY_UID -> $ID_A"
 echo "uid 0    -> $ID_B"
 

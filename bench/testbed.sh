@@ -73,6 +73,21 @@ testbed_down() {
   ip netns del "$POD_B" 2>/dev/null || true
 }
 
+# tb_identity_server BIN SOCK LOG MESHCTL-ARGS...: starts `meshctl identity serve` on SOCK in
+# the root namespace (pods reach a unix socket by path) and waits until it is bound.
+tb_identity_server() {
+  local bin=$1 sock=$2 log=$3 i
+  shift 3
+  "$bin/meshctl" identity serve --socket "$sock" "$@" >"$log" 2>&1 &
+  TB_PIDS+=($!)
+  for i in $(seq 100); do
+    [[ -S $sock ]] && return 0
+    sleep 0.05
+  done
+  echo "meshctl never bound $sock; see $log" >&2
+  return 1
+}
+
 # tb_wait_http POD URL: waits until URL answers 200 inside the pod.
 tb_wait_http() {
   local pod=$1 url=$2 i

@@ -263,10 +263,8 @@ if [[ $MESH == 1 ]]; then
   ID_A=spiffe://cluster.local/ns/perf/sa/pod-a
   ID_B=spiffe://cluster.local/ns/perf/sa/pod-b
   SOCK=$OUT/workload.sock
-  "$bin/meshctl" identity serve --socket "$SOCK" --trust-domain cluster.local --ttl 1h \
-    --map "1337=$ID_A" --map "0=$ID_B" >"$OUT/meshctl.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.05; done
+  tb_identity_server "$bin" "$SOCK" "$OUT/meshctl.log" --trust-domain cluster.local --ttl 1h \
+    --map "1337=$ID_A" --map "0=$ID_B"
   cat >"$OUT/mtls-a.yaml" <<CONF
 listeners: { outbound: "[::]:15011", inbound: "[::]:15016" }
 admin: "127.0.0.1:15010"

@@ -45,14 +45,6 @@ fn client_proxy(driver: DriverChoice, ids: &Identities, peer: SocketAddr, peer_i
     start(driver, cfg, fixed("10.96.0.10:80".parse().unwrap()))
 }
 
-fn metric(p: &Proxy, series: &str) -> u64 {
-    let m = p.metrics();
-    m.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .map(|v| v.parse::<f64>().unwrap() as u64)
-        .unwrap_or_else(|| panic!("no {series} in\n{m}"))
-}
-
 /// Relays one connection and keeps every byte that went from the client proxy to the server
 /// proxy: what a packet capture between the two would see.
 fn tap(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
@@ -102,14 +94,7 @@ fn mtls_echo_and_only_tls_on_the_wire(driver: DriverChoice) {
     let marker = b"PLAINTEXT-MARKER-7f3a";
     roundtrip(&mut c, marker);
     let data = pattern(3 << 20);
-    let mut w = c.try_clone().unwrap();
-    let sent = data.clone();
-    let writer = thread::spawn(move || {
-        w.write_all(&sent).unwrap();
-        w.shutdown(Shutdown::Write).unwrap();
-    });
-    let back = read_end(&mut c).unwrap();
-    writer.join().unwrap();
+    let back = echo_all(&mut c, &data);
     assert!(
         back == data,
         "echo through mTLS differs ({} of {} bytes)",

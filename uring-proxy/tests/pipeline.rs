@@ -42,26 +42,11 @@ fn echo_every_copy_mode(driver: DriverChoice) {
         let p = start(driver, config(&format!("copy: {copy}")), fixed(srv.addr));
         let mut c = connect(p.outbound_addr());
         roundtrip(&mut c, b"hello");
-        let switches = |p: &uring_proxy::Proxy| {
-            let m = p.metrics();
-            let line = m
-                .lines()
-                .find(|l| l.starts_with("ringmesh_copy_splice_switches_total "))
-                .unwrap()
-                .to_string();
-            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
-        };
+        let switches = |p: &uring_proxy::Proxy| metric(p, "ringmesh_copy_splice_switches_total");
         assert_eq!(switches(&p), 0, "{copy}: a small exchange stays buffered");
         // A few MiB, written while reading so neither side's buffers fill up.
         let data = pattern(6 << 20);
-        let mut w = c.try_clone().unwrap();
-        let sent = data.clone();
-        let writer = thread::spawn(move || {
-            w.write_all(&sent).unwrap();
-            w.shutdown(Shutdown::Write).unwrap();
-        });
-        let back = read_end(&mut c).unwrap();
-        writer.join().unwrap();
+        let back = echo_all(&mut c, &data);
         assert!(
             back.len() == data.len() && back == data,
             "{copy}: echo differs"

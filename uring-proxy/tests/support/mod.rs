@@ -216,6 +216,29 @@ pub fn expect_closed(p: &Proxy, dir: Direction, outcome: Outcome, n: u64) {
     );
 }
 
+/// A series' value in the proxy's metrics, by its exact name and labels.
+pub fn metric(p: &Proxy, series: &str) -> u64 {
+    let m = p.metrics();
+    m.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.parse::<f64>().unwrap() as u64)
+        .unwrap_or_else(|| panic!("no {series} in\n{m}"))
+}
+
+/// Sends `data` and half-closes while reading everything that comes back, so neither side's
+/// buffers fill up; returns what came back.
+pub fn echo_all(c: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    let mut w = c.try_clone().unwrap();
+    let sent = data.to_vec();
+    let writer = thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let back = read_end(c).unwrap();
+    writer.join().unwrap();
+    back
+}
+
 /// A plain HTTP/1.0 GET against the admin server: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = connect(addr);
