@@ -159,7 +159,7 @@ fn proxy_to(backend: SocketAddr, driver: DriverChoice) -> Proxy {
         signals: false,
         drain_timeout: Duration::from_secs(1),
         pin: false,
-        config_path: None,
+        ..ProxyOptions::default()
     };
     let p = Proxy::start(config, opts).unwrap();
     assert!(p.wait_ready(Duration::from_secs(5)));

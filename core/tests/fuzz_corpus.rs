@@ -61,3 +61,24 @@ fn svid_leaf_corpus() {
         let _ = ringmesh_core::svid::inspect_leaf(&data);
     }
 }
+
+#[test]
+fn client_hello_corpus() {
+    use ringmesh_core::client_hello::{MAX_CLIENT_HELLO, Parsed, parse};
+    use ringmesh_core::decide::{Detected, MeshProtocol};
+    let mut mesh = 0;
+    for (path, data) in corpus("client_hello") {
+        let mut scratch = Vec::new();
+        let parsed = parse(&data, &mut scratch);
+        let detected = Detected::from_parse(&parsed);
+        let not_tls = parsed == Parsed::NotTls;
+        assert!(scratch.len() <= 4 + MAX_CLIENT_HELLO, "{}", path.display());
+        if detected == Some(Detected::Mesh(MeshProtocol::Ringmesh)) {
+            mesh += 1;
+        }
+        if path.ends_with("plaintext") {
+            assert!(not_tls);
+        }
+    }
+    assert!(mesh >= 2, "the seeds include mesh hellos");
+}

@@ -105,25 +105,81 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             "text/plain; version=0.0.4; charset=utf-8",
             shared.render_metrics(),
         ),
-        "/ready" => match (shared.ready(), shared.phase()) {
-            (true, _) => respond(StatusCode::OK, TEXT, "ready\n"),
-            (false, Phase::Running)
-                if shared.identity_required && shared.identity.load().is_none() =>
-            {
-                respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "no valid SVID\n")
+        "/ready" => ready(shared),
+        "/live" => {
+            if shared.live() {
+                respond(StatusCode::OK, TEXT, "live\n")
+            } else {
+                respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, stalled(shared))
             }
-            (false, Phase::Running) => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n"),
-            (false, _) => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n"),
-        },
-        "/live" => respond(StatusCode::OK, TEXT, "live\n"),
+        }
         "/identity" => {
             let body = crate::identity::describe(shared);
             respond(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         _ => {
-            let snap = shared.config.load();
-            let body = serde_json::json!({ "version": snap.version, "config": snap.config.raw() });
+            let body = describe_config(shared);
             respond(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
     }
+}
+
+/// Why the process is not ready, in words.
+fn ready(shared: &Shared) -> Response<Full<Bytes>> {
+    if shared.ready() {
+        return respond(StatusCode::OK, TEXT, "ready\n");
+    }
+    let why = if shared.phase() != Phase::Running {
+        "draining\n".to_string()
+    } else if !shared.live() {
+        stalled(shared)
+    } else if let Some(w) = shared.workloads.iter().find(|w| !w.ready()) {
+        format!("no valid SVID for workload {}\n", w.key)
+    } else {
+        "starting\n".to_string()
+    };
+    respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, why)
+}
+
+/// Which workers missed their heartbeat.
+fn stalled(shared: &Shared) -> String {
+    let now = shared.clock_ms();
+    let limit = shared.stall_timeout.as_millis() as u64;
+    let started = shared
+        .workers_started
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if started < shared.workers.len() {
+        return format!(
+            "starting: {started} of {} workers running\n",
+            shared.workers.len()
+        );
+    }
+    let stuck: Vec<String> = shared
+        .workers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            let age = now.saturating_sub(w.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed));
+            (age > limit).then(|| format!("worker {i} ({age} ms)"))
+        })
+        .collect();
+    format!("not live: no heartbeat from {}\n", stuck.join(", "))
+}
+
+/// `/config`: what is in force. The restart-only part is the one the process started with;
+/// the live part is the newest accepted; fields a later config changed but that wait for a
+/// restart are listed.
+fn describe_config(shared: &Shared) -> serde_json::Value {
+    let snap = shared.config.load();
+    serde_json::json!({
+        "version": snap.config.version.to_string(),
+        "source": snap.source.describe(),
+        "applied_at": snap.applied_at,
+        "restart_required": snap.restart_required,
+        "workloads": shared.workloads.iter().map(|w| w.key.to_string()).collect::<Vec<_>>(),
+        "in_force": {
+            "restart_only": shared.boot_raw,
+            "live": snap.config.raw_live(),
+        },
+    })
 }

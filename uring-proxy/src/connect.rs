@@ -1,5 +1,6 @@
 //! The upstream socket factory: monoio has no pre-connect hook, so the socket is built with
-//! socket2 (bypass mark, no-delay, non-blocking connect) and then handed to monoio.
+//! socket2 (bypass mark, no-delay, keepalive, user timeout, non-blocking connect) and then
+//! handed to monoio.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,7 +8,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use ringmesh_core::config::TcpOptions;
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::sys::fd_ref;
 
@@ -23,10 +25,29 @@ pub(crate) enum ConnectError {
     Remote(io::Error),
 }
 
-/// Connects to `addr` with the bypass mark, within `timeout`.
+/// Sets keepalive and `TCP_USER_TIMEOUT` on `sock`, as configured: a peer that vanished
+/// then costs at most `time + interval * probes` of an idle connection, or `user_timeout`
+/// of unacknowledged data, instead of the idle timeout. Listeners get the same options, and
+/// the connections they accept inherit them.
+pub(crate) fn set_tcp_options(sock: SockRef<'_>, tcp: &TcpOptions) -> io::Result<()> {
+    match tcp.keepalive {
+        Some(k) => sock.set_tcp_keepalive(
+            &TcpKeepalive::new()
+                .with_time(k.time)
+                .with_interval(k.interval)
+                .with_retries(k.probes),
+        )?,
+        None => sock.set_keepalive(false)?,
+    }
+    // Validation bounds the value far below `int` milliseconds; `None` restores the default.
+    sock.set_tcp_user_timeout(tcp.user_timeout)
+}
+
+/// Connects to `addr` with the bypass mark and TCP options, within `timeout`.
 pub(crate) async fn connect(
     addr: SocketAddr,
     mark: Option<NonZeroU32>,
+    tcp: &TcpOptions,
     timeout: Duration,
 ) -> Result<TcpStream, ConnectError> {
     let sock = Socket::new(
@@ -39,6 +60,7 @@ pub(crate) async fn connect(
         sock.set_mark(mark.get()).map_err(ConnectError::Local)?;
     }
     sock.set_nodelay(true).map_err(ConnectError::Local)?;
+    set_tcp_options(SockRef::from(&sock), tcp).map_err(ConnectError::Local)?;
     match sock.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}

@@ -8,14 +8,18 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringmesh_core::Config;
+use ringmesh_core::config::VersionId;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::state::{Phase, Shared};
+use crate::state::{ConfigSource, Phase, Shared};
+
+/// How often the namespace's addresses are re-read for loop detection.
+const OWN_ADDRS_REFRESH: Duration = Duration::from_secs(5);
 
 pub(crate) enum Command {
-    Apply(Box<Config>, oneshot::Sender<u64>),
-    ReloadFile(oneshot::Sender<Result<u64, Vec<String>>>),
+    Apply(Box<Config>, oneshot::Sender<VersionId>),
+    ReloadFile(oneshot::Sender<Result<VersionId, Vec<String>>>),
     Drain(Duration),
 }
 
@@ -40,12 +44,15 @@ pub(crate) fn spawn(
             }
             crate::identity::start(&shared);
             let mut signals = if setup.signals { Some(Signals::new()) } else { None };
+            let mut refresh = tokio::time::interval(OWN_ADDRS_REFRESH);
             loop {
                 tokio::select! {
+                    _ = refresh.tick() => shared.refresh_own_addrs(),
                     cmd = commands.recv() => match cmd {
                         Some(Command::Apply(config, done)) => {
-                            let v = shared.apply(*config);
-                            tracing::info!(version = v, "config applied");
+                            let snap = shared.apply(*config, ConfigSource::Api);
+                            let v = snap.config.version;
+                            tracing::info!(version = %v, "config applied");
                             let _ = done.send(v);
                         }
                         Some(Command::ReloadFile(done)) => {
@@ -125,7 +132,7 @@ async fn next_signal(signals: &mut Option<Signals>) -> Sig {
 }
 
 /// Re-reads the config file; a bad file is rejected whole and the old config keeps serving.
-fn reload_file(shared: &Shared) -> Result<u64, Vec<String>> {
+fn reload_file(shared: &Shared) -> Result<VersionId, Vec<String>> {
     let Some(path) = &shared.config_path else {
         let msg = "no --config file to re-read; the embedded default keeps serving".to_string();
         tracing::warn!("{msg}");
@@ -133,8 +140,16 @@ fn reload_file(shared: &Shared) -> Result<u64, Vec<String>> {
     };
     match crate::load_config_file(path) {
         Ok(config) => {
-            let v = shared.apply(config);
-            tracing::info!(version = v, path = %path.display(), "config reloaded");
+            let current = shared.config.load();
+            if config.raw() == current.config.raw() {
+                let v = current.config.version;
+                tracing::info!(version = %v, path = %path.display(), "config unchanged");
+                return Ok(v);
+            }
+            drop(current);
+            let snap = shared.apply(config, ConfigSource::File(path.clone()));
+            let v = snap.config.version;
+            tracing::info!(version = %v, path = %path.display(), "config reloaded");
             Ok(v)
         }
         Err(errors) => {
@@ -144,7 +159,7 @@ fn reload_file(shared: &Shared) -> Result<u64, Vec<String>> {
             }
             tracing::error!(
                 path = %path.display(), errors = errors.len(),
-                "config rejected; version {} keeps serving", shared.config.load().version
+                "config rejected; version {} keeps serving", shared.config.load().config.version
             );
             Err(errors)
         }

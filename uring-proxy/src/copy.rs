@@ -1,29 +1,24 @@
-//! Moving bytes both ways between the downstream and upstream sockets until both sides close.
+//! The plaintext pump: bytes from one socket to the other with non-blocking `splice(2)`
+//! through a pipe (zero-copy) or `recv`/`send` through a buffer, and the per-worker pools
+//! both come from. Neither a pipe nor a buffer is held while a connection is idle: both are
+//! taken once the source is readable and go back once the bytes are written. An idle
+//! connection costs its two sockets and nothing else.
 //!
-//! Readiness is awaited through the runtime (an io_uring poll, or epoll), then bytes move with
-//! non-blocking syscalls: `splice(2)` through a pipe (zero-copy) or `recv`/`send` through a
-//! buffer. Neither a pipe nor a buffer is held while a connection is idle: both come from a
-//! small per-worker pool only once the source is readable, and go back once the bytes are
-//! written. An idle connection costs its two sockets and nothing else.
-//!
-//! End of stream on one side is passed on as a half-close (`shutdown(SHUT_WR)`) to the other;
-//! a reset or error on one side resets the other (`SO_LINGER` 0, then close).
+//! `copy: auto` starts buffered, which costs fewer cycles for small messages, and switches a
+//! direction to splice once one read fills a whole buffer (bulk). When no pipe can be had
+//! (out of file descriptors), that burst goes through a buffer instead, and is counted.
 
 use std::cell::RefCell;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
-use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
-use std::pin::pin;
-use std::task::Poll;
-use std::time::Duration;
+use std::os::fd::AsRawFd;
 
 use monoio::net::TcpStream;
-use ringmesh_core::metrics::{CopyKind, Direction, Side, WorkerShard};
-use socket2::SockRef;
+use ringmesh_core::metrics::{CopyKind, CopyMethod, Side};
 
-use crate::idle::IdleHandle;
-use crate::sys::{self, Pipe, fd_ref};
+pub(crate) use crate::duplex::reset;
+use crate::duplex::{self, CopyCx, CopyEnd, End, Event, Pump, PumpError, Wait};
+use crate::sys::{self, FdRef, Pipe, fd_ref};
 
 /// Size of a buffered-copy buffer (monoio's own copy helpers use 4 KiB, which caps a stream
 /// at about 1.3 Gbit/s here).
@@ -77,162 +72,42 @@ impl Pools {
     }
 }
 
-/// Why a copy stopped.
-#[derive(Debug)]
-pub(crate) enum CopyEnd {
-    /// Both directions reached end of stream and were passed on.
-    Done,
-    /// Nothing moved either way for the idle timeout; both sides were closed.
-    Idle,
-    /// The close signal fired (drain deadline); both sides were reset.
-    Closed,
-    /// One side failed; the other was reset.
-    Failed { side: Side, error: io::Error },
-}
-
-/// What one copy needs from its worker.
-pub(crate) struct CopyCx<'a> {
-    pub pools: &'a Pools,
-    pub shard: &'a WorkerShard,
-    pub dir: Direction,
-    /// This connection's idle-timeout registration.
-    pub idle: &'a IdleHandle<'a>,
-}
-
-struct Failure {
-    side: Side,
-    error: io::Error,
-}
-
-fn fail(side: Side) -> impl FnOnce(io::Error) -> Failure {
-    move |error| Failure { side, error }
-}
-
-/// Copies both ways until both sides close, one fails, the connection is idle for its
-/// timeout, or `closing` completes.
-///
-/// The four futures are pinned in place and polled by hand: the `select!`/`try_join!` macros
-/// would each keep another copy of the direction futures, and this state lives as long as
-/// the connection.
-pub(crate) async fn bidirectional(
-    down: &TcpStream,
-    up: &TcpStream,
+/// Copies both ways between two plaintext sockets until both sides close, one fails, the
+/// connection idles out, or `closing` completes.
+pub(crate) fn bidirectional<'a>(
+    down: &'a TcpStream,
+    up: &'a TcpStream,
     kind: CopyKind,
-    cx: &CopyCx<'_>,
-    closing: impl Future<Output = ()>,
-) -> CopyEnd {
-    let mut d2u = pin!(one_way(down, up, Side::Downstream, kind, cx));
-    let mut u2d = pin!(one_way(up, down, Side::Upstream, kind, cx));
-    let mut idle = pin!(cx.idle.expired());
-    let mut closing = pin!(closing);
-    let (mut d2u_done, mut u2d_done) = (false, false);
-    poll_fn(|task| {
-        for (fut, done) in [(d2u.as_mut(), &mut d2u_done), (u2d.as_mut(), &mut u2d_done)] {
-            if !*done && let Poll::Ready(r) = fut.poll(task) {
-                match r {
-                    Ok(()) => *done = true,
-                    Err(Failure { side, error }) => {
-                        reset(if side == Side::Downstream { up } else { down });
-                        return Poll::Ready(CopyEnd::Failed { side, error });
-                    }
-                }
-            }
-        }
-        if d2u_done && u2d_done {
-            return Poll::Ready(CopyEnd::Done);
-        }
-        if idle.as_mut().poll(task).is_ready() {
-            return Poll::Ready(CopyEnd::Idle);
-        }
-        if closing.as_mut().poll(task).is_ready() {
-            reset(down);
-            reset(up);
-            return Poll::Ready(CopyEnd::Closed);
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-/// Makes the coming close send RST instead of FIN.
-pub(crate) fn reset(s: &TcpStream) {
-    let _ = SockRef::from(&fd_ref(s)).set_linger(Some(Duration::ZERO));
-}
-
-/// What a direction needs before it can go on.
-enum Wait {
-    /// Nothing to read now: wait until the source is readable.
-    Readable,
-    /// The destination's send buffer is full: wait until it is writable.
-    Writable,
-    /// The source reached end of stream and everything read was written.
-    Eof,
-}
-
-/// One direction: bytes from `src` to `dst` until end of stream, then a half-close.
-///
-/// Deliberately flat: the only awaits are the two readiness waits, and everything else is
-/// synchronous, so the state kept for an idle connection is small (nested async helpers made
-/// it kilobytes per connection). A pipe or buffer is held only while bytes are in flight.
-async fn one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    from: Side,
-    kind: CopyKind,
-    cx: &CopyCx<'_>,
-) -> Result<(), Failure> {
-    let to = if from == Side::Downstream {
-        Side::Upstream
-    } else {
-        Side::Downstream
-    };
-    let mut flow = Flow {
-        src: src.as_raw_fd(),
-        dst: dst.as_raw_fd(),
-        pools: cx.pools,
-        splice: kind == CopyKind::Splice,
-        adaptive: kind == CopyKind::Auto,
-        in_flight: InFlight::Nothing,
-    };
-    loop {
-        match flow.pump(&mut |event| match event {
-            Event::Moved(n) => {
-                cx.idle.touch();
-                cx.shard.bytes(cx.dir, from, n as u64);
-            }
-            Event::SwitchedToSplice => cx.shard.copy_switched_to_splice(),
-        }) {
-            Ok(Wait::Readable) => src.readable(false).await.map_err(fail(from))?,
-            Ok(Wait::Writable) => dst.writable(false).await.map_err(fail(to))?,
-            Ok(Wait::Eof) => break,
-            Err((side, e)) => {
-                return Err(fail(if side == Side::Downstream { from } else { to })(e));
-            }
-        }
-    }
-    // End of stream from `src`: pass the half-close on.
-    SockRef::from(&fd_ref(dst))
-        .shutdown(Shutdown::Write)
-        .or_else(ignore_not_connected)
-        .map_err(fail(to))
+    cx: &'a CopyCx<'a>,
+    closing: impl Future<Output = ()> + 'a,
+) -> impl Future<Output = CopyEnd> + 'a {
+    let d2u = duplex::direction(
+        Flow::new(down, up, kind, cx.pools),
+        down,
+        up,
+        Side::Downstream,
+        cx,
+    );
+    let u2d = duplex::direction(
+        Flow::new(up, down, kind, cx.pools),
+        up,
+        down,
+        Side::Upstream,
+        cx,
+    );
+    duplex::duplex(down, up, d2u, u2d, cx, closing)
 }
 
 /// The synchronous half of a direction: what is in flight, and the syscalls that move it.
 struct Flow<'a> {
-    src: RawFd,
-    dst: RawFd,
+    src: FdRef<'a>,
+    dst: FdRef<'a>,
     pools: &'a Pools,
     /// Reading into a pipe (else into a buffer).
     splice: bool,
     /// `auto`: switch to splice once a read fills a whole buffer.
     adaptive: bool,
     in_flight: InFlight,
-}
-
-/// What a pump reports as it goes.
-enum Event {
-    Moved(usize),
-    SwitchedToSplice,
 }
 
 /// Bytes read from the source and not yet written to the destination. Kept compact: it is
@@ -273,16 +148,25 @@ impl Drop for Flow<'_> {
     }
 }
 
-/// Which end a syscall failed on: `Downstream` here means the source, `Upstream` the
-/// destination (mapped to real sides by the caller).
-type PumpError = (Side, io::Error);
-
 /// A count that fits a pipe or buffer (both far below 4 GiB).
 fn small(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-impl Flow<'_> {
+impl<'a> Flow<'a> {
+    fn new(src: &'a TcpStream, dst: &'a TcpStream, kind: CopyKind, pools: &'a Pools) -> Self {
+        Self {
+            src: fd_ref(src),
+            dst: fd_ref(dst),
+            pools,
+            splice: kind == CopyKind::Splice,
+            adaptive: kind == CopyKind::Auto,
+            in_flight: InFlight::Nothing,
+        }
+    }
+}
+
+impl Pump for Flow<'_> {
     /// Moves bytes until one side would block or the source ends. Errors name the end.
     fn pump(&mut self, on: &mut impl FnMut(Event)) -> Result<Wait, PumpError> {
         let mut drained = false;
@@ -297,18 +181,22 @@ impl Flow<'_> {
                 return Ok(Wait::Readable);
             }
             // Then read more.
-            let outcome = match self
-                .splice
-                .then(|| self.read_into_pipe())
-                .transpose()?
-                .flatten()
-            {
+            let piped = if self.splice {
+                let r = self.read_into_pipe()?;
+                if r.is_none() {
+                    on(Event::SpliceFallback);
+                }
+                r
+            } else {
+                None
+            };
+            let outcome = match piped {
                 Some(o) => o,
                 None => self.read_into_buf()?,
             };
             match outcome {
-                ReadOutcome::Moved { n, short } => {
-                    on(Event::Moved(n));
+                ReadOutcome::Moved { n, short, method } => {
+                    on(Event::Moved(n, method));
                     drained = short;
                     // A full buffer in one read: this direction is moving bulk.
                     if self.adaptive && !self.splice && !short {
@@ -321,7 +209,9 @@ impl Flow<'_> {
             }
         }
     }
+}
 
+impl Flow<'_> {
     /// Writes out what is in flight; `true` if the destination is full. An emptied pipe or
     /// buffer goes back to the pool.
     fn flush(&mut self) -> Result<bool, PumpError> {
@@ -329,11 +219,11 @@ impl Flow<'_> {
             let r = match &mut self.in_flight {
                 InFlight::Nothing => return Ok(false),
                 InFlight::Pipe { pipe, pending, .. } if *pending > 0 => {
-                    sys::splice(pipe.read.as_raw_fd(), self.dst, *pending as usize)
+                    sys::splice(&pipe.read, self.dst, *pending as usize)
                         .map(|n| *pending -= small(n))
                 }
                 InFlight::Buf { buf, start, end } if *start < *end => {
-                    sys::send(self.dst, &buf[*start as usize..*end as usize])
+                    sys::send(self.dst.as_raw_fd(), &buf[*start as usize..*end as usize])
                         .map(|n| *start += small(n))
                 }
                 _ => {
@@ -351,7 +241,7 @@ impl Flow<'_> {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err((Side::Upstream, e)),
+                Err(e) => return Err((End::Dst, e)),
             }
         }
     }
@@ -363,7 +253,7 @@ impl Flow<'_> {
             return Ok(None);
         };
         loop {
-            return match sys::splice(self.src, pipe.write.as_raw_fd(), capacity) {
+            return match sys::splice(self.src, &pipe.write, capacity) {
                 Ok(0) => {
                     self.pools.put_pipe(pipe, capacity);
                     Ok(Some(ReadOutcome::Eof))
@@ -377,6 +267,7 @@ impl Flow<'_> {
                     };
                     Ok(Some(ReadOutcome::Moved {
                         n,
+                        method: CopyMethod::Splice,
                         short: n < capacity,
                     }))
                 }
@@ -386,7 +277,7 @@ impl Flow<'_> {
                     if e.kind() == io::ErrorKind::WouldBlock {
                         Ok(Some(ReadOutcome::WouldBlock))
                     } else {
-                        Err((Side::Downstream, e))
+                        Err((End::Src, e))
                     }
                 }
             };
@@ -396,7 +287,7 @@ impl Flow<'_> {
     fn read_into_buf(&mut self) -> Result<ReadOutcome, PumpError> {
         let mut buf = self.pools.take_buf();
         loop {
-            return match sys::recv(self.src, &mut buf) {
+            return match sys::recv(self.src.as_raw_fd(), &mut buf) {
                 Ok(0) => {
                     self.pools.put_buf(buf);
                     Ok(ReadOutcome::Eof)
@@ -409,6 +300,7 @@ impl Flow<'_> {
                     };
                     Ok(ReadOutcome::Moved {
                         n,
+                        method: CopyMethod::Buffer,
                         short: n < BUF_SIZE,
                     })
                 }
@@ -418,7 +310,7 @@ impl Flow<'_> {
                     if e.kind() == io::ErrorKind::WouldBlock {
                         Ok(ReadOutcome::WouldBlock)
                     } else {
-                        Err((Side::Downstream, e))
+                        Err((End::Src, e))
                     }
                 }
             };
@@ -430,17 +322,9 @@ enum ReadOutcome {
     /// `n` bytes read; `short` when fewer than asked for (the source is likely drained).
     Moved {
         n: usize,
+        method: CopyMethod,
         short: bool,
     },
     WouldBlock,
     Eof,
-}
-
-/// A peer that already closed both ways cannot be half-closed; that is not a failure.
-pub(crate) fn ignore_not_connected(e: io::Error) -> io::Result<()> {
-    if e.kind() == io::ErrorKind::NotConnected {
-        Ok(())
-    } else {
-        Err(e)
-    }
 }

@@ -1,11 +1,12 @@
-//! The proxy's own identity, on the control thread: follows the configured source (the
-//! SPIFFE Workload API or files), turns each SVID into rustls configurations off to the side,
-//! and publishes them to the workers in one step. A rotation never touches open connections;
+//! Workload identities, on the control thread: follows the configured source (the SPIFFE
+//! Workload API or files), turns each SVID into rustls configurations off to the side, and
+//! publishes them to the workers in one step. A rotation never touches open connections;
 //! new handshakes use the new SVID at once.
 //!
 //! If the source goes away, the current SVID serves until it expires while the source is
-//! retried with backoff; from expiry on the proxy fails closed: not ready, and meshed
-//! connections refused. It never falls back to plaintext.
+//! retried with backoff; from expiry on the workload fails closed: not ready, and meshed
+//! connections refused. It never falls back to plaintext. Each workload has its own SVID
+//! and its own state; one workload's expiry refuses only that workload's connections.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,6 +17,7 @@ use ringmesh_ctrl::source::{self, SourceEvent};
 
 use crate::state::Shared;
 use crate::tls::TlsIdentity;
+use crate::workload::Workload;
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -23,11 +25,12 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Starts following the configured identity source on the current (control) runtime.
+/// Starts following the configured identity source on the current (control) runtime, for
+/// the sidecar's workload.
 pub(crate) fn start(shared: &Arc<Shared>) {
-    let config = shared.config.load().config.identity.clone();
+    let config = shared.boot.identity.clone();
     let s = shared.clone();
-    let on = move |event| on_event(&s, event);
+    let on = move |event| on_event(&s.workloads[0], event);
     match config {
         IdentityConfig::None => return,
         IdentityConfig::WorkloadApi { socket } => {
@@ -42,100 +45,103 @@ pub(crate) fn start(shared: &Arc<Shared>) {
     tokio::spawn(expire(shared.clone()));
 }
 
-fn on_event(shared: &Shared, event: SourceEvent) {
+fn on_event(w: &Workload, event: SourceEvent) {
     match event {
         SourceEvent::Update(identity) => match TlsIdentity::new(*identity) {
             Ok(tls) => {
                 let leaf = &tls.identity.leaf;
                 tracing::info!(
-                    spiffe_id = %leaf.id, serial = %leaf.serial, not_after = leaf.not_after,
-                    "SVID in force"
+                    workload = %w.key, spiffe_id = %leaf.id, serial = %leaf.serial,
+                    not_after = leaf.not_after, "SVID in force"
                 );
-                if shared.identity.swap(Some(Arc::new(tls))).is_some() {
-                    shared.identity_rotations.fetch_add(1, Relaxed);
+                if w.identity.swap(Some(Arc::new(tls))).is_some() {
+                    w.identity_rotations.fetch_add(1, Relaxed);
                 }
-                if let Ok(mut e) = shared.identity_last_error.lock() {
-                    *e = None;
-                }
+                w.identity_last_error.store(None);
             }
-            Err(e) => report(shared, format!("the SVID cannot be used for TLS: {e}")),
+            Err(e) => report(w, format!("the SVID cannot be used for TLS: {e}")),
         },
-        SourceEvent::Error(e) => report(shared, e),
+        SourceEvent::Error(e) => report(w, e),
     }
 }
 
-fn report(shared: &Shared, error: String) {
-    shared.identity_errors.fetch_add(1, Relaxed);
-    let holding = shared
+fn report(w: &Workload, error: String) {
+    w.identity_errors.fetch_add(1, Relaxed);
+    let holding = w
         .identity
         .load()
         .as_ref()
         .map(|t| t.identity.leaf.not_after);
     match holding {
         Some(not_after) => tracing::warn!(
-            error = %error, valid_for_s = not_after - unix_now(),
+            workload = %w.key, error = %error, valid_for_s = not_after - unix_now(),
             "identity source failed; the current SVID serves until it expires"
         ),
-        None => tracing::warn!(error = %error, "identity source failed; no SVID yet (fail closed)"),
+        None => tracing::warn!(
+            workload = %w.key, error = %error,
+            "identity source failed; no SVID yet (fail closed)"
+        ),
     }
-    if let Ok(mut e) = shared.identity_last_error.lock() {
-        *e = Some(error);
-    }
+    w.identity_last_error.store(Some(Arc::new(error)));
 }
 
-/// Drops the SVID the moment it expires (checked every 250 ms).
+/// Drops each workload's SVID the moment it expires (checked every 250 ms).
 async fn expire(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let expired = shared
-            .identity
-            .load()
-            .as_ref()
-            .is_some_and(|t| !t.identity.valid_at(unix_now()));
-        if expired {
-            shared.identity.store(None);
-            tracing::error!(
-                "the SVID expired and no new one came: not ready, meshed connections refused \
-                 (fail closed) until the identity source delivers one"
-            );
+        for w in shared.workloads.iter() {
+            let expired = w
+                .identity
+                .load()
+                .as_ref()
+                .is_some_and(|t| !t.identity.valid_at(unix_now()));
+            if expired {
+                w.identity.store(None);
+                tracing::error!(
+                    workload = %w.key,
+                    "the SVID expired and no new one came: not ready, meshed connections \
+                     refused (fail closed) until the identity source delivers one"
+                );
+            }
         }
     }
 }
 
-/// `/identity`: the SVID in force and the source's state, as JSON.
+/// `/identity`: every workload's SVID in force and its source's state, as JSON.
 pub(crate) fn describe(shared: &Shared) -> serde_json::Value {
-    let source = match &shared.config.load().config.identity {
-        IdentityConfig::None => "none".to_string(),
-        IdentityConfig::WorkloadApi { socket } => format!("workload_api {}", socket.display()),
-        IdentityConfig::Files { cert, .. } => format!("files {}", cert.display()),
-    };
-    let last_error = shared
-        .identity_last_error
-        .lock()
-        .ok()
-        .and_then(|e| e.clone());
-    let base = serde_json::json!({
-        "source": source,
-        "rotations": shared.identity_rotations.load(Relaxed),
-        "source_errors": shared.identity_errors.load(Relaxed),
-        "last_error": last_error,
-    });
-    let mut v = base;
-    if let Some(t) = shared.identity.load().as_ref() {
-        let leaf = &t.identity.leaf;
-        v["valid"] = true.into();
-        v["spiffe_id"] = leaf.id.to_string().into();
-        v["serial"] = leaf.serial.clone().into();
-        v["not_before"] = leaf.not_before.into();
-        v["not_after"] = leaf.not_after.into();
-        v["trust_domains"] = t
-            .identity
-            .bundles
-            .trust_domains()
-            .collect::<Vec<_>>()
-            .into();
-    } else {
-        v["valid"] = false.into();
-    }
-    v
+    let source = shared.boot.identity.to_string();
+    let workloads: Vec<_> = shared
+        .workloads
+        .iter()
+        .map(|w| {
+            let mut v = serde_json::json!({
+                "workload": w.key.to_string(),
+                "source": source,
+                "rotations": w.rotations(),
+                "source_errors": w.source_errors(),
+                "last_error": w.identity_last_error.load().as_deref().map(|s| s.as_str()),
+            });
+            if let Some(t) = w.identity.load().as_ref() {
+                let leaf = &t.identity.leaf;
+                v["valid"] = true.into();
+                v["spiffe_id"] = leaf.id.to_string().into();
+                v["serial"] = leaf.serial.clone().into();
+                v["not_before"] = leaf.not_before.into();
+                v["not_after"] = leaf.not_after.into();
+                v["trust_domains"] = t
+                    .identity
+                    .bundles
+                    .trust_domains()
+                    .collect::<Vec<_>>()
+                    .into();
+            } else {
+                v["valid"] = false.into();
+            }
+            v
+        })
+        .collect();
+    // A sidecar's one workload is also shown at the top level, as before node mode.
+    let mut top = workloads.first().cloned().unwrap_or_default();
+    top["workloads"] = workloads.into();
+    top
 }

@@ -4,86 +4,133 @@
 use std::rc::Rc;
 
 use monoio::net::TcpStream;
-use ringmesh_core::config::InboundMode;
-use ringmesh_core::metrics::{Direction, Outcome, Security, Side};
+use ringmesh_core::decide::{self, InboundStep};
+use ringmesh_core::metrics::{CopyMethod, Direction, Outcome, Side};
 
 use crate::copy;
-use crate::pipeline::{self, Conn, Stop, Upstream};
+use crate::ctx::{ConnRecord, WorkerCtx};
+use crate::detect;
+use crate::error::{Cause, Stop};
+use crate::pipeline::{self, Conn, Upstream};
 use crate::state::copy_kind;
-use crate::tls;
-use crate::worker::{ConnRecord, WorkerCtx};
+use crate::workload::Workload;
 
-pub(crate) async fn serve(ctx: Rc<WorkerCtx>, down: TcpStream) {
-    let record = ConnRecord::open(ctx.shard(), Direction::Inbound);
-    let mut conn = Conn::new(Direction::Inbound);
-    let stop = proxy(&ctx, &down, &mut conn).await;
+pub(crate) async fn serve(ctx: Rc<WorkerCtx>, workload: usize, down: TcpStream) {
+    let shared = ctx.shared.clone();
+    let w = &shared.workloads[workload];
+    let record = ConnRecord::open(ctx.shard(w), Direction::Inbound);
+    let mut conn = Conn::new(Direction::Inbound, w);
+    let stop = proxy(&ctx, w, &down, &mut conn).await;
     conn.end(&ctx, record, stop, &down);
 }
 
-async fn proxy(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Stop {
+async fn proxy(ctx: &Rc<WorkerCtx>, w: &Workload, down: &TcpStream, conn: &mut Conn<'_>) -> Stop {
     // The set-up steps run in a boxed future, freed once the upstream is connected: a
     // long-lived connection then keeps only the copy's state.
-    let up = match Box::pin(pipeline::unless_closing(ctx, down, open(ctx, down, conn))).await {
+    let up = match Box::pin(pipeline::unless_closing(
+        ctx,
+        down,
+        open(ctx, w, down, conn),
+    ))
+    .await
+    {
         Ok(up) => up,
         Err(stop) => return stop,
     };
     // Copy both ways until both sides close; the caller records the outcome.
-    pipeline::relay(ctx, Direction::Inbound, down, up).await
+    pipeline::relay(ctx, w, Direction::Inbound, down, up).await
 }
 
 /// The set-up steps, in order, up to a connected upstream.
-async fn open(ctx: &Rc<WorkerCtx>, down: &TcpStream, conn: &mut Conn) -> Result<Upstream, Stop> {
+async fn open(
+    ctx: &Rc<WorkerCtx>,
+    w: &Workload,
+    down: &TcpStream,
+    conn: &mut Conn<'_>,
+) -> Result<Upstream, Stop> {
     // 1. The accepted socket.
     pipeline::prepare(down)?;
-    // 2. Which app port it was going to.
+    // 2. Which app port it was going to (and not the proxy itself).
     let dst = pipeline::original_dst(ctx, down)?;
     conn.dst = Some(dst);
+    let port = dst.addr().port();
 
-    // 3. Transport security: the first byte tells mTLS from another proxy (a TLS handshake
-    //    record) from plaintext. mTLS needs a client SVID from a trusted domain; plaintext is
-    //    refused on a strict port and passed (and counted) on a permissive one.
+    // 3. Detection: read the ClientHello (or whatever comes first) under the detection
+    //    timeout; mesh mTLS is told from the app's own TLS by its ALPN.
     let snap = ctx.shared.config.load();
-    let timeouts = snap.config.timeouts;
-    let (tls, peer) = match tls::sniff(down, timeouts.first_byte).await {
-        Ok(Some(true)) => {
-            let (link, peer) = pipeline::mtls_server(ctx, down, timeouts.handshake).await?;
-            conn.peer = peer.clone().map(Box::new);
-            (Some(link), peer)
-        }
-        Ok(Some(false)) => {
-            if snap.config.inbound.mode_for(dst.addr().port()) == InboundMode::Strict {
-                copy::reset(down);
-                return Err(Stop::failed(
-                    Outcome::PlaintextRefused,
-                    Side::Downstream,
-                    format!(
-                        "plaintext to port {}, which is strict (mTLS only)",
-                        dst.addr().port()
-                    ),
-                ));
+    let live = &snap.config.live;
+    let policy = decide::policy_for(live, &w.key);
+    let found = detect::detect(down, live.timeouts.first_byte, &ctx.pools)
+        .await
+        .map_err(|e| Stop::io(Side::Downstream, e))?;
+    ctx.shard(w).detected(found.detected.label());
+
+    // 4. Transport: mesh mTLS is terminated; the rest passes on a permissive port and is
+    //    refused on a strict one.
+    let (tls, peer, replay) =
+        match decide::inbound_step(policy.inbound.mode_for(port), found.detected) {
+            InboundStep::Mesh(_) => {
+                let (link, peer) =
+                    pipeline::mtls_server(ctx, w, down, &found.prefix, live.timeouts.handshake)
+                        .await?;
+                conn.peer = peer.clone().map(Box::new);
+                (Some(link), peer, None)
             }
-            ctx.shard()
-                .security(Direction::Inbound, Security::Plaintext);
-            (None, None)
-        }
-        // The peer left without a byte.
-        Ok(None) => return Err(Stop::refused(Outcome::Ok)),
-        Err(e) => return Err(Stop::failed(Outcome::DownstreamError, Side::Downstream, e)),
-    };
+            InboundStep::Forward(security) => {
+                ctx.shard(w).security(Direction::Inbound, security);
+                (None, None, Some(found.prefix))
+            }
+            InboundStep::Refuse(outcome) => {
+                copy::reset(down);
+                let cause = match outcome {
+                    Outcome::PlaintextRefused => Cause::PlaintextOnStrict(port),
+                    Outcome::AppTlsRefused => Cause::AppTlsOnStrict(port, found.hello_error),
+                    _ => Cause::TruncatedHello(live.timeouts.first_byte),
+                };
+                return Err(Stop::new(outcome, Side::Downstream, cause));
+            }
+            InboundStep::Done => return Err(Stop::plain(Outcome::Ok)),
+        };
 
-    // 4. Access: may this peer reach this destination? Decided before the app is dialled, so a
+    // 5. Access: may this peer reach this destination? Decided before the app is dialled, so a
     //    refused peer never gets a byte to it.
-    pipeline::check_access(ctx, &snap, dst, peer.as_ref(), down)?;
+    let decision = decide::inbound_access(live, policy, dst, peer.as_ref());
+    if !decision.allowed() {
+        let source = peer.as_ref().map(ToString::to_string);
+        ctx.shard(w).access_denied(source.as_deref());
+        copy::reset(down);
+        return Err(Stop::new(
+            Outcome::AccessDenied,
+            Side::Downstream,
+            Cause::AccessDenied {
+                peer: peer.map(Box::new),
+                port,
+                decision,
+            },
+        ));
+    }
 
-    // 5. Connect to the app on loopback at the original port.
+    // 6. Connect to the app on loopback at the original port, and hand it what detection
+    //    read.
     let target = pipeline::loopback(dst);
     conn.upstream = Some(target);
-    let stream = pipeline::dial(&snap, target).await?;
+    let stream = pipeline::dial(live, target).await?;
+    if let Some(prefix) = replay.filter(|p| !p.is_empty()) {
+        detect::replay(&stream, &prefix)
+            .await
+            .map_err(|e| Stop::io(Side::Upstream, e))?;
+        ctx.shard(w).bytes(
+            Direction::Inbound,
+            Side::Downstream,
+            CopyMethod::Buffer,
+            prefix.len() as u64,
+        );
+    }
 
     Ok(Upstream {
         stream,
-        copy: copy_kind(snap.config.copy),
-        idle: timeouts.idle,
+        copy: copy_kind(live.copy),
+        idle: live.timeouts.idle,
         tls,
     })
 }

@@ -6,16 +6,25 @@
 //! copies bytes both ways (zero-copy splice for plaintext). A control thread (tokio) serves
 //! the admin endpoints, re-reads the config, and conducts the drain.
 //!
-//! The path of one connection reads top to bottom in the `outbound` and `inbound` modules.
-//! Config, routing and metrics are decided in `ringmesh-core`; this crate does the I/O. It
-//! does not install interception rules (`mesh-redirect` does).
+//! The path of one connection reads top to bottom in the `outbound` and `inbound` modules;
+//! they chain the steps in `pipeline`, over the worker context in `ctx`, and copy with the
+//! one duplex loop in `duplex` (plaintext pumps in `copy`, TLS pumps in `tls`). Config,
+//! detection, routing, policy and metrics are decided in `ringmesh-core`; this crate does
+//! the I/O. It does not install interception rules (`mesh-redirect` does).
 #![deny(unsafe_code)]
 
 mod admin;
 mod connect;
 mod control;
 mod copy;
+pub mod cpus;
+mod ctx;
+mod detect;
 pub mod driver;
+mod duplex;
+mod error;
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod identity;
 mod idle;
 mod inbound;
@@ -30,6 +39,7 @@ pub mod state;
 mod sys;
 pub mod tls;
 mod worker;
+pub mod workload;
 
 use std::path::Path;
 
@@ -37,6 +47,7 @@ pub use driver::{DriverChoice, DriverKind};
 pub use orig_dst::{ConnInfo, OrigDstSource, SoOriginalDst};
 pub use proxy::{Proxy, ProxyOptions, StartError};
 use ringmesh_core::config::{Config, Format};
+pub use state::ConfigSource;
 
 /// Reads, parses and validates a config file; every problem is one string with its path.
 pub fn load_config_file(path: &Path) -> Result<Config, Vec<String>> {

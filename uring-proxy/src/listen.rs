@@ -55,6 +55,8 @@ fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
         Some(Protocol::TCP),
     )?;
     s.set_reuse_address(true)?;
+    // Accepted connections inherit it: no setsockopt per connection.
+    s.set_nodelay(true)?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         // `[::]` serves IPv4 too, so one listener catches both families.
         s.set_only_v6(false)?;

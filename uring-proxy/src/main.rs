@@ -6,9 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Parser, ValueEnum};
+use ringmesh_core::WorkloadKey;
 use ringmesh_core::config::{Config, DEFAULT_YAML};
-use uring_proxy::{DriverChoice, Proxy, ProxyOptions, SoOriginalDst};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use uring_proxy::state::DroppedLines;
+use uring_proxy::{ConfigSource, DriverChoice, Proxy, ProxyOptions, SoOriginalDst};
 
 /// ringmesh data plane: a transparent TCP proxy, one io_uring worker per core.
 ///
@@ -43,9 +48,19 @@ struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "RINGMESH_LOG_FORMAT")]
     log_format: LogFormat,
 
-    /// Do not pin workers to CPUs.
+    /// Do not pin workers to CPUs (they are pinned only when each can have a CPU of its own:
+    /// as many workers as CPUs in the affinity mask, and no lower CPU quota).
     #[arg(long)]
     no_pin: bool,
+
+    /// The workload this sidecar serves, as metrics and logs name it [default:
+    /// POD_NAMESPACE/POD_NAME from the downward API, else "sidecar"].
+    #[arg(long, env = "RINGMESH_WORKLOAD")]
+    workload: Option<String>,
+
+    /// A worker that misses its heartbeat for this long makes /live and /ready fail.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    stall_timeout: Duration,
 
     /// Validate the config, print every error, and exit.
     #[arg(long)]
@@ -62,18 +77,42 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(args: &Args) -> Result<(), String> {
+/// Logs go through a non-blocking writer on its own thread: no worker ever waits on stderr.
+/// When its buffer is full, lines are dropped and counted (`ringmesh_log_lines_dropped_total`).
+fn init_logging(args: &Args) -> Result<(WorkerGuard, DroppedLines), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| format!("--log-level {:?}: {e}", args.log_level))?;
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("ringmesh-log")
+        .finish(std::io::stderr());
+    let counter = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    Ok(())
+    Ok((guard, Arc::new(move || counter.dropped_lines() as u64)))
+}
+
+/// Lines the log writer holds before it drops new ones.
+const LOG_BUFFER_LINES: usize = 16 * 1024;
+
+/// The workload key: the flag, else the pod's namespace and name, else the default.
+fn workload_key(flag: Option<&str>) -> Result<WorkloadKey, String> {
+    let from_pod = || {
+        let ns = std::env::var("POD_NAMESPACE").ok()?;
+        let name = std::env::var("POD_NAME").ok()?;
+        Some(format!("{ns}/{name}"))
+    };
+    match flag.map(str::to_string).or_else(from_pod) {
+        Some(k) => WorkloadKey::parse(&k).map_err(|e| format!("workload {k:?}: {e}")),
+        None => Ok(WorkloadKey::sidecar()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -82,10 +121,20 @@ fn main() -> ExitCode {
         print!("{DEFAULT_YAML}");
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = init_logging(&args) {
-        eprintln!("uring-proxy: {e}");
-        return ExitCode::from(2);
-    }
+    let (_log_guard, dropped_lines) = match init_logging(&args) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("uring-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let workload = match workload_key(args.workload.as_deref()) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match &args.config {
         Some(path) => match uring_proxy::load_config_file(path) {
             Ok(c) => c,
@@ -114,12 +163,19 @@ fn main() -> ExitCode {
     let opts = ProxyOptions {
         workers: args.workers.map(NonZeroUsize::get),
         driver: args.driver,
-        orig_dst: std::sync::Arc::new(SoOriginalDst),
+        orig_dst: Arc::new(SoOriginalDst),
         admin: true,
         signals: true,
         drain_timeout: args.drain_timeout,
         pin: !args.no_pin,
         config_path: args.config.clone(),
+        config_source: args
+            .config
+            .clone()
+            .map_or(ConfigSource::Embedded, ConfigSource::File),
+        workload,
+        stall_timeout: args.stall_timeout,
+        dropped_lines: Some(dropped_lines),
     };
     let proxy = match Proxy::start(config, opts) {
         Ok(p) => p,

@@ -36,7 +36,7 @@ impl OrigDstSource for SoOriginalDst {
             SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_none(),
             SocketAddr::V4(_) => false,
         };
-        sys::original_dst(conn.fd, ipv6).map(OrigDst::new)
+        sys::original_dst(sys::fd_ref(&conn.fd), ipv6).map(OrigDst::new)
     }
 }
 

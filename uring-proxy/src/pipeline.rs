@@ -1,5 +1,6 @@
 //! The steps a connection goes through, one function each. `outbound` and `inbound` chain
-//! them, in order, so one connection can be read top to bottom in one file.
+//! them, in order, so one connection can be read top to bottom in one file; the decisions
+//! between the steps are `ringmesh_core::decide`'s.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -8,43 +9,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
-use ringmesh_core::access::Destination;
+use ringmesh_core::config::LiveConfig;
 use ringmesh_core::metrics::{CopyKind, Direction, HandshakeResult, Outcome, Security, Side};
 use ringmesh_core::{ClientAddr, OrigDst, SpiffeId};
 use socket2::SockRef;
 
 use crate::connect::{self, ConnectError};
-use crate::copy::{self, CopyCx, CopyEnd};
+use crate::copy;
+use crate::ctx::{ConnRecord, WorkerCtx};
+use crate::duplex::{CopyCx, CopyEnd};
+use crate::error::{Cause, Stop};
 use crate::orig_dst::ConnInfo;
-use crate::state::Snapshot;
 use crate::sys::fd_ref;
-use crate::tls::{self, TlsIdentity, TlsOn};
-use crate::worker::{ConnRecord, WorkerCtx};
-
-/// How a pipeline step stopped the connection: the outcome to count and, when it is a
-/// failure, one log line naming the side.
-pub(crate) struct Stop {
-    pub outcome: Outcome,
-    pub side: Side,
-    pub error: Option<String>,
-}
-
-impl Stop {
-    pub fn refused(outcome: Outcome) -> Self {
-        Self {
-            outcome,
-            side: Side::Downstream,
-            error: None,
-        }
-    }
-    pub fn failed(outcome: Outcome, side: Side, error: impl ToString) -> Self {
-        Self {
-            outcome,
-            side,
-            error: Some(error.to_string()),
-        }
-    }
-}
+use crate::tls::{self, HandshakeError, TlsIdentity, TlsOn};
+use crate::workload::Workload;
 
 /// A connected upstream and how to copy to it.
 pub(crate) struct Upstream {
@@ -63,180 +41,220 @@ pub(crate) struct TlsLink {
 
 /// What is logged about one connection beyond its sockets. Kept small: it lives as long as
 /// the connection (the client's address is read from the socket when a line is written).
-pub(crate) struct Conn {
+pub(crate) struct Conn<'w> {
     pub dir: Direction,
+    pub workload: &'w Workload,
     pub dst: Option<OrigDst>,
     pub upstream: Option<SocketAddr>,
     /// The peer proxy's SPIFFE ID, once its handshake is done.
     pub peer: Option<Box<SpiffeId>>,
 }
 
-impl Conn {
-    pub fn new(dir: Direction) -> Self {
+impl<'w> Conn<'w> {
+    pub fn new(dir: Direction, workload: &'w Workload) -> Self {
         Self {
             dir,
+            workload,
             dst: None,
             upstream: None,
             peer: None,
         }
     }
 
-    /// Records the end of the connection: one line at most, and only for failures.
+    /// Records the end of the connection: counted always, logged (at most one line) for a
+    /// failure, within the worker's per-reason rate.
     pub fn end(&self, ctx: &WorkerCtx, record: ConnRecord<'_>, stop: Stop, down: &TcpStream) {
-        let client = || {
-            down.peer_addr()
-                .map(|a| ClientAddr::new(a).to_string())
-                .unwrap_or_default()
-        };
-        let dst = self.dst.map(|d| d.to_string()).unwrap_or_default();
-        let up = self.upstream.map(|u| u.to_string()).unwrap_or_default();
-        let peer = self
-            .peer
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        match &stop.error {
-            Some(error) => tracing::warn!(
-                worker = ctx.id, direction = %self.dir, side = %stop.side, outcome = %stop.outcome,
-                client = %client(), orig_dst = %dst, upstream = %up, peer_id = %peer,
-                error = %error, "connection failed"
-            ),
-            None => tracing::debug!(
-                worker = ctx.id, direction = %self.dir, outcome = %stop.outcome,
-                client = %client(), orig_dst = %dst, upstream = %up, peer_id = %peer,
+        let outcome = stop.outcome;
+        if outcome.is_failure() {
+            if let Some(suppressed) = ctx.log.admit(outcome, ctx.stats()) {
+                self.log_failure(ctx, &stop, down, suppressed);
+            }
+        } else if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(
+                worker = ctx.id, workload = %self.workload.key, direction = %self.dir,
+                outcome = %outcome, client = %client(down), orig_dst = %opt(&self.dst),
+                upstream = %opt(&self.upstream), peer_id = %opt(&self.peer),
                 duration_ms = record.elapsed().as_millis() as u64, "connection closed"
-            ),
+            );
         }
-        record.finish(stop.outcome);
+        record.finish(outcome);
+    }
+
+    fn log_failure(&self, ctx: &WorkerCtx, stop: &Stop, down: &TcpStream, suppressed: u64) {
+        tracing::warn!(
+            worker = ctx.id, workload = %self.workload.key, direction = %self.dir,
+            side = %stop.side, outcome = %stop.outcome, client = %client(down),
+            orig_dst = %opt(&self.dst), upstream = %opt(&self.upstream),
+            peer_id = %opt(&self.peer), error = %stop.cause,
+            suppressed_since_last = suppressed, "connection failed"
+        );
     }
 }
 
-/// The accepted socket: non-blocking for our own syscalls, no Nagle delay.
-pub(crate) fn prepare(down: &TcpStream) -> Result<(), Stop> {
-    let fd = fd_ref(down);
-    let sock = SockRef::from(&fd);
-    sock.set_nonblocking(true)
-        .and_then(|()| sock.set_nodelay(true))
-        .map_err(|e| Stop::failed(Outcome::InternalError, Side::Internal, e))
+fn client(down: &TcpStream) -> String {
+    down.peer_addr()
+        .map(|a| ClientAddr::new(a).to_string())
+        .unwrap_or_default()
 }
 
-/// Recovers the original destination and refuses one that would loop back into the proxy.
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map(ToString::to_string).unwrap_or_default()
+}
+
+/// The accepted socket: non-blocking for our own syscalls. TCP_NODELAY and the keepalive
+/// options come with it from the listener.
+pub(crate) fn prepare(down: &TcpStream) -> Result<(), Stop> {
+    SockRef::from(&fd_ref(down))
+        .set_nonblocking(true)
+        .map_err(|e| Stop::io(Side::Internal, e))
+}
+
+/// Recovers the original destination, and refuses one that is the proxy itself.
 pub(crate) fn original_dst(ctx: &WorkerCtx, down: &TcpStream) -> Result<OrigDst, Stop> {
-    let local = down
-        .local_addr()
-        .map_err(|e| Stop::failed(Outcome::InternalError, Side::Internal, e))?;
+    let local = down.local_addr().map_err(|e| Stop::io(Side::Internal, e))?;
     let client = down
         .peer_addr()
         .map(ClientAddr::new)
-        .map_err(|e| Stop::failed(Outcome::DownstreamError, Side::Downstream, e))?;
+        .map_err(|e| Stop::io(Side::Downstream, e))?;
     let info = ConnInfo {
         fd: down.as_raw_fd(),
         local,
         client,
     };
     let dst = ctx.orig_dst.original_dst(&info).map_err(|e| {
-        Stop::failed(
+        Stop::new(
             Outcome::NoOriginalDst,
             Side::Downstream,
-            format!("no original destination: {e}"),
+            Cause::NoOriginalDst(e),
         )
     })?;
-    if ctx.shared.listener_ports.contains(&dst.addr().port()) {
-        return Err(Stop::failed(
+    if ctx.shared.own.load().is_own(dst) {
+        return Err(Stop::new(
             Outcome::RedirectLoop,
             Side::Downstream,
-            format!(
-                "original destination {dst} is a proxy port (redirect loop or direct connection)"
-            ),
+            Cause::RedirectLoop(dst),
         ));
     }
     Ok(dst)
 }
 
-/// Connects to the upstream with the bypass mark, under the connect timeout.
-pub(crate) async fn dial(snap: &Snapshot, target: SocketAddr) -> Result<TcpStream, Stop> {
-    let cfg = &snap.config;
-    connect::connect(target, cfg.bypass_mark, cfg.timeouts.connect)
+/// Connects to the upstream with the bypass mark and keepalive, under the connect timeout.
+pub(crate) async fn dial(live: &LiveConfig, target: SocketAddr) -> Result<TcpStream, Stop> {
+    connect::connect(target, live.bypass_mark, &live.tcp, live.timeouts.connect)
         .await
         .map_err(|e| match e {
-            ConnectError::Timeout(_) => Stop::failed(Outcome::ConnectTimeout, Side::Upstream, e),
-            ConnectError::Remote(_) => Stop::failed(Outcome::UpstreamError, Side::Upstream, e),
-            ConnectError::Local(_) => Stop::failed(Outcome::InternalError, Side::Internal, e),
+            ConnectError::Timeout(d) => Stop::new(
+                Outcome::ConnectTimeout,
+                Side::Upstream,
+                Cause::ConnectTimeout(d),
+            ),
+            ConnectError::Remote(e) => Stop::io(Side::Upstream, e),
+            ConnectError::Local(e) => Stop::io(Side::Internal, e),
         })
 }
 
-/// The proxy's identity, or the fail-closed refusal when it holds no valid SVID.
-fn our_identity(ctx: &WorkerCtx) -> Result<Arc<TlsIdentity>, Stop> {
-    ctx.shared.identity.load_full().ok_or_else(|| {
-        Stop::failed(
-            Outcome::NoIdentity,
-            Side::Internal,
-            "no valid SVID: meshed connections are refused until the identity source delivers one",
-        )
-    })
+/// The workload's identity, or the fail-closed refusal when it holds no valid SVID.
+fn identity_of(workload: &Workload) -> Result<Arc<TlsIdentity>, Stop> {
+    workload
+        .identity
+        .load_full()
+        .ok_or_else(|| Stop::new(Outcome::NoIdentity, Side::Internal, Cause::NoIdentity))
 }
 
-/// Outbound mTLS to another proxy, which must prove it is `want`.
+fn handshake_failed(
+    ctx: &WorkerCtx,
+    w: &Workload,
+    dir: Direction,
+    side: Side,
+    e: HandshakeError,
+) -> Stop {
+    ctx.shard(w)
+        .handshake(dir, HandshakeResult::Failed, Duration::ZERO);
+    Stop::new(e.outcome(), side, Cause::Handshake(e))
+}
+
+/// Outbound mTLS to another proxy, which must prove it is `want`: checked inside the
+/// handshake, so a wrong identity never completes one.
 pub(crate) async fn mtls_client(
     ctx: &WorkerCtx,
+    w: &Workload,
     up: &TcpStream,
     want: &SpiffeId,
     timeout: Duration,
-    conn_log: &mut Conn,
+    conn_log: &mut Conn<'_>,
 ) -> Result<Box<TlsLink>, Stop> {
-    let identity = our_identity(ctx)?;
-    let mut conn = identity
-        .client_connection()
-        .map_err(|e| Stop::failed(Outcome::InternalError, Side::Internal, e))?;
+    let identity = identity_of(w)?;
+    let mut conn = ctx.tls.connect(w.index, &identity, want).map_err(|e| {
+        Stop::new(
+            Outcome::InternalError,
+            Side::Internal,
+            Cause::Handshake(e.into()),
+        )
+    })?;
     drop(identity);
-    handshake(
-        ctx,
-        Direction::Outbound,
-        &mut conn,
-        up,
-        timeout,
-        Side::Upstream,
-    )
-    .await?;
-    let peer = tls::peer_id(&conn);
-    if peer.as_ref() != Some(want) {
-        let shown = peer.map_or_else(|| "no SPIFFE ID".to_string(), |p| p.to_string());
-        return Err(Stop::failed(
-            Outcome::IdentityMismatch,
-            Side::Upstream,
-            format!("the upstream presented {shown}; this endpoint must be {want}"),
-        ));
+    match tls::handshake(&mut conn, up, timeout).await {
+        Ok(took) => ctx
+            .shard(w)
+            .handshake(Direction::Outbound, HandshakeResult::Ok, took),
+        Err(e) => {
+            copy::reset(up);
+            return Err(handshake_failed(
+                ctx,
+                w,
+                Direction::Outbound,
+                Side::Upstream,
+                e,
+            ));
+        }
     }
     conn_log.peer = Some(Box::new(want.clone()));
-    ctx.shard().security(Direction::Outbound, Security::Mtls);
+    ctx.shard(w).security(Direction::Outbound, Security::Mtls);
     Ok(Box::new(TlsLink {
         conn,
         on: TlsOn::Upstream,
     }))
 }
 
-/// Inbound mTLS from another proxy; returns the session and the peer's SPIFFE ID.
+/// Inbound mTLS from another proxy, starting from the bytes detection already read;
+/// returns the session and the peer's SPIFFE ID.
 pub(crate) async fn mtls_server(
     ctx: &WorkerCtx,
+    w: &Workload,
     down: &TcpStream,
+    prefix: &[u8],
     timeout: Duration,
 ) -> Result<(Box<TlsLink>, Option<SpiffeId>), Stop> {
-    let identity = our_identity(ctx)?;
-    let mut conn = identity
-        .server_connection()
-        .map_err(|e| Stop::failed(Outcome::InternalError, Side::Internal, e))?;
+    let identity = identity_of(w)?;
+    let mut conn = identity.server_connection().map_err(|e| {
+        Stop::new(
+            Outcome::InternalError,
+            Side::Internal,
+            Cause::Handshake(e.into()),
+        )
+    })?;
     drop(identity);
-    handshake(
-        ctx,
-        Direction::Inbound,
-        &mut conn,
-        down,
-        timeout,
-        Side::Downstream,
-    )
-    .await?;
+    let fed = feed(&mut conn, prefix);
+    let result = match fed {
+        Ok(()) => tls::handshake(&mut conn, down, timeout).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(took) => ctx
+            .shard(w)
+            .handshake(Direction::Inbound, HandshakeResult::Ok, took),
+        Err(e) => {
+            copy::reset(down);
+            return Err(handshake_failed(
+                ctx,
+                w,
+                Direction::Inbound,
+                Side::Downstream,
+                e,
+            ));
+        }
+    }
     let peer = tls::peer_id(&conn);
-    ctx.shard().security(Direction::Inbound, Security::Mtls);
+    ctx.shard(w).security(Direction::Inbound, Security::Mtls);
     Ok((
         Box::new(TlsLink {
             conn,
@@ -246,56 +264,19 @@ pub(crate) async fn mtls_server(
     ))
 }
 
-async fn handshake(
-    ctx: &WorkerCtx,
-    dir: Direction,
-    conn: &mut rustls::Connection,
-    sock: &TcpStream,
-    timeout: Duration,
-    side: Side,
-) -> Result<(), Stop> {
-    match tls::handshake(conn, sock, timeout).await {
-        Ok(took) => {
-            ctx.shard().handshake(dir, HandshakeResult::Ok, took);
-            Ok(())
-        }
-        Err(e) => {
-            ctx.shard()
-                .handshake(dir, HandshakeResult::Failed, Duration::ZERO);
-            copy::reset(sock);
-            Err(Stop::failed(Outcome::TlsError, side, e))
-        }
+/// Gives rustls the records detection read off the socket.
+fn feed(conn: &mut rustls::Connection, mut prefix: &[u8]) -> Result<(), HandshakeError> {
+    while !prefix.is_empty() {
+        conn.read_tls(&mut prefix)?;
+        conn.process_new_packets()?;
     }
-}
-
-/// The access decision for an inbound connection to `dst` from `peer` (`None`: plaintext).
-pub(crate) fn check_access(
-    ctx: &WorkerCtx,
-    snap: &Snapshot,
-    dst: OrigDst,
-    peer: Option<&SpiffeId>,
-    down: &TcpStream,
-) -> Result<(), Stop> {
-    let cfg = &snap.config;
-    let service = cfg.service_of_endpoint(dst.addr()).map(|s| s.name.as_str());
-    let port = dst.addr().port();
-    let decision = cfg.access.decide(Destination { service, port }, peer);
-    if decision.allowed() {
-        return Ok(());
-    }
-    ctx.shared.count_denied(peer);
-    copy::reset(down);
-    let who = peer.map_or_else(|| "a plaintext peer".to_string(), ToString::to_string);
-    Err(Stop::failed(
-        Outcome::AccessDenied,
-        Side::Downstream,
-        format!("access denied: {who} may not reach port {port} ({decision:?})"),
-    ))
+    Ok(())
 }
 
 /// Copies until both sides close; maps how it ended to an outcome.
 pub(crate) async fn relay(
     ctx: &Rc<WorkerCtx>,
+    w: &Workload,
     dir: Direction,
     down: &TcpStream,
     up: Upstream,
@@ -313,14 +294,16 @@ pub(crate) async fn relay(
     } else {
         kind
     };
-    ctx.shard().copy(kind);
+    let shard = ctx.shard(w);
+    shard.copy(kind);
     let idle = ctx.idle.register(idle);
     let cx = CopyCx {
         pools: &ctx.pools,
-        shard: ctx.shard(),
+        shard,
         dir,
         idle: &idle,
     };
+    let had_tls = tls.is_some();
     let end = match tls {
         // Boxed: the TLS session and its copy are large, and inline they would enlarge every
         // plaintext connection's state too.
@@ -339,17 +322,17 @@ pub(crate) async fn relay(
         None => copy::bidirectional(down, up, kind, &cx, ctx.closing.wait()).await,
     };
     match end {
-        CopyEnd::Done => Stop::refused(Outcome::Ok),
-        CopyEnd::Idle => Stop::refused(Outcome::IdleTimeout),
-        CopyEnd::Closed => Stop::refused(Outcome::Drained),
-        CopyEnd::Failed { side, error } => {
-            let outcome = match side {
-                Side::Downstream => Outcome::DownstreamError,
-                Side::Upstream => Outcome::UpstreamError,
-                Side::Internal => Outcome::InternalError,
-            };
-            Stop::failed(outcome, side, error)
+        CopyEnd::Done => Stop::plain(Outcome::Ok),
+        CopyEnd::Idle => Stop::plain(Outcome::IdleTimeout),
+        CopyEnd::Closed => Stop::plain(Outcome::Drained),
+        CopyEnd::Failed { side, error }
+            if had_tls && error.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            let mut stop = Stop::io(side, error);
+            stop.cause = Cause::NoCloseNotify;
+            stop
         }
+        CopyEnd::Failed { side, error } => Stop::io(side, error),
     }
 }
 
@@ -365,7 +348,7 @@ pub(crate) async fn unless_closing(
         up = setup => up,
         _ = ctx.closing.wait() => {
             copy::reset(down);
-            Err(Stop::refused(Outcome::Drained))
+            Err(Stop::plain(Outcome::Drained))
         }
     }
 }

@@ -9,21 +9,23 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ringmesh_core::Config;
-use ringmesh_core::metrics::{Direction, WorkerShard};
+use ringmesh_core::config::VersionId;
+use ringmesh_core::metrics::{Direction, WorkerShard, WorkerStats};
+use ringmesh_core::{Config, WorkloadKey};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{self, Command, ControlSetup};
 use crate::driver::{self, DriverChoice, DriverKind};
 use crate::listen::{self, BindError};
 use crate::orig_dst::{OrigDstSource, SoOriginalDst};
-use crate::state::{Phase, Shared};
-use crate::sys;
-use crate::worker::{self, WorkerSetup};
+use crate::state::{ConfigSource, DroppedLines, Phase, Shared, SharedSetup};
+use crate::worker::{self, ListenerSetup, WorkerSetup};
+use crate::{cpus, sys};
 
 /// How to run a proxy, beyond its config.
 pub struct ProxyOptions {
-    /// Worker threads; `None` is one per CPU this process may use.
+    /// Worker threads; `None`: the config's `workers`, else one per CPU this process may
+    /// use within its CPU quota.
     pub workers: Option<usize>,
     pub driver: DriverChoice,
     /// Where original destinations come from (`SO_ORIGINAL_DST` in production).
@@ -33,10 +35,18 @@ pub struct ProxyOptions {
     /// React to SIGHUP, SIGTERM and SIGINT (the binary does; in-process tests do not).
     pub signals: bool,
     pub drain_timeout: Duration,
-    /// Pin each worker to a CPU.
+    /// Pin each worker to a CPU when each can have one of its own.
     pub pin: bool,
     /// The file SIGHUP re-reads.
     pub config_path: Option<PathBuf>,
+    /// Where the starting config came from.
+    pub config_source: ConfigSource,
+    /// The workload a sidecar serves.
+    pub workload: WorkloadKey,
+    /// A worker without a heartbeat for this long makes the proxy not live (and not ready).
+    pub stall_timeout: Duration,
+    /// Log lines the log writer dropped, for the metrics.
+    pub dropped_lines: Option<DroppedLines>,
 }
 
 impl Default for ProxyOptions {
@@ -50,6 +60,10 @@ impl Default for ProxyOptions {
             drain_timeout: Duration::from_secs(30),
             pin: true,
             config_path: None,
+            config_source: ConfigSource::Api,
+            workload: WorkloadKey::sidecar(),
+            stall_timeout: Duration::from_secs(5),
+            dropped_lines: None,
         }
     }
 }
@@ -62,6 +76,7 @@ impl std::fmt::Debug for ProxyOptions {
             .field("admin", &self.admin)
             .field("signals", &self.signals)
             .field("drain_timeout", &self.drain_timeout)
+            .field("workload", &self.workload)
             .finish_non_exhaustive()
     }
 }
@@ -118,22 +133,27 @@ fn check_mark(mark: Option<NonZeroU32>) -> Result<(), StartError> {
 impl Proxy {
     /// Binds every listener, then starts the workers and the control thread.
     pub fn start(config: Config, opts: ProxyOptions) -> Result<Self, StartError> {
+        worker::install_panic_hook();
         let driver = driver::resolve(opts.driver).map_err(StartError::Driver)?;
-        check_mark(config.bypass_mark)?;
-        let cpus = sys::allowed_cpus().unwrap_or_default();
-        let n = opts.workers.unwrap_or(cpus.len()).max(1);
+        check_mark(config.live.bypass_mark)?;
+        let requested = opts
+            .workers
+            .or(config.boot.workers.map(|n| n.get() as usize));
+        let plan = cpus::plan(requested, opts.pin);
+        let n = plan.workers;
 
-        let outbound = listen::bind_group("outbound listener", config.listeners.outbound, n)?;
-        let inbound = listen::bind_group("inbound listener", config.listeners.inbound, n)?;
+        let listeners = config.boot.listeners;
+        let outbound = listen::bind_group("outbound listener", listeners.outbound, n)?;
+        let inbound = listen::bind_group("inbound listener", listeners.inbound, n)?;
         let addr_of = |l: &[std::net::TcpListener], fallback| {
             l.first()
                 .and_then(|l| l.local_addr().ok())
                 .unwrap_or(fallback)
         };
-        let outbound_addr = addr_of(&outbound, config.listeners.outbound);
-        let inbound_addr = addr_of(&inbound, config.listeners.inbound);
+        let outbound_addr = addr_of(&outbound, listeners.outbound);
+        let inbound_addr = addr_of(&inbound, listeners.inbound);
         let admin = if opts.admin {
-            let a = config.admin;
+            let a = config.boot.admin;
             let l = std::net::TcpListener::bind(a).map_err(|e| match e.kind() {
                 io::ErrorKind::AddrInUse => BindError::InUse {
                     what: "admin",
@@ -151,15 +171,37 @@ impl Proxy {
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
 
-        let ports = vec![outbound_addr.port(), inbound_addr.port()];
-        let shared = Shared::new(config, n, driver, ports, opts.config_path);
+        let mut own = vec![outbound_addr, inbound_addr];
+        own.extend(admin_addr);
+        let shared = Shared::new(SharedSetup {
+            config,
+            source: opts.config_source,
+            workload: opts.workload,
+            workers: n,
+            workers_pinned: plan.pin.is_some(),
+            driver,
+            listeners: own,
+            config_path: opts.config_path,
+            stall_timeout: opts.stall_timeout,
+            dropped_lines: opts.dropped_lines,
+        });
         let mut workers = Vec::with_capacity(n);
         for (id, (o, i)) in outbound.into_iter().zip(inbound).enumerate() {
-            let cpu = (opts.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
             let setup = WorkerSetup {
                 id,
-                cpu,
-                listeners: vec![(Direction::Outbound, o), (Direction::Inbound, i)],
+                cpu: plan.pin.as_ref().and_then(|cpus| cpus.get(id).copied()),
+                listeners: vec![
+                    ListenerSetup {
+                        dir: Direction::Outbound,
+                        workload: 0,
+                        listener: o,
+                    },
+                    ListenerSetup {
+                        dir: Direction::Inbound,
+                        workload: 0,
+                        listener: i,
+                    },
+                ],
             };
             workers.push(
                 worker::spawn(setup, shared.clone(), opts.orig_dst.clone())
@@ -177,14 +219,22 @@ impl Proxy {
             rx,
         )
         .map_err(StartError::Spawn)?;
+        let snap = shared.config.load();
         tracing::info!(
             workers = n,
+            pinned = plan.pin.is_some(),
+            cpus_allowed = plan.allowed.len(),
+            cpu_quota = ?plan.quota,
             driver = shared.driver.kind.as_str(),
             outbound = %outbound_addr,
             inbound = %inbound_addr,
             admin = ?admin_addr,
+            workload = %shared.workloads[0].key,
+            config_version = %snap.config.version,
+            config_source = %snap.source.describe(),
             "uring-proxy started"
         );
+        drop(snap);
         Ok(Self {
             shared,
             commands: tx,
@@ -228,9 +278,19 @@ impl Proxy {
         self.shared.ready()
     }
 
-    /// Every worker's metric shard.
+    /// The sidecar workload's metric shards, one per worker.
     pub fn shards(&self) -> &[WorkerShard] {
-        &self.shared.shards
+        &self.shared.workloads[0].shards
+    }
+
+    /// Per-worker stats (heartbeats, suppressed log lines).
+    pub fn worker_stats(&self) -> &[WorkerStats] {
+        &self.shared.workers
+    }
+
+    /// Whether every worker's heartbeat is recent.
+    pub fn is_live(&self) -> bool {
+        self.shared.live()
     }
 
     /// The Prometheus text `/metrics` serves.
@@ -239,12 +299,18 @@ impl Proxy {
     }
 
     /// Version of the config in force.
-    pub fn config_version(&self) -> u64 {
-        self.shared.config.load().version
+    pub fn config_version(&self) -> VersionId {
+        self.shared.config.load().config.version
     }
 
-    /// Publishes a new config to every worker (as SIGHUP does with a file); returns its version.
-    pub fn apply(&self, config: Config) -> Option<u64> {
+    /// Restart-only fields a later config changed, waiting for a restart.
+    pub fn restart_required(&self) -> Vec<&'static str> {
+        self.shared.config.load().restart_required.clone()
+    }
+
+    /// Publishes a new config's live part to every worker (as SIGHUP does with a file);
+    /// returns its version.
+    pub fn apply(&self, config: Config) -> Option<VersionId> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Apply(Box::new(config), tx))
@@ -253,7 +319,7 @@ impl Proxy {
     }
 
     /// Re-reads the config file, exactly as SIGHUP does.
-    pub fn reload_file(&self) -> Result<u64, Vec<String>> {
+    pub fn reload_file(&self) -> Result<VersionId, Vec<String>> {
         let (tx, rx) = oneshot::channel();
         let gone = || vec!["the control thread has stopped".to_string()];
         self.commands

@@ -1,30 +1,70 @@
 //! State shared by the workers and the control thread.
 //!
-//! Workers only read it: the config is an immutable snapshot behind an `ArcSwap` (a lock-free
-//! load per connection), each worker writes only its own metric shard, and the drain phase
-//! comes through a watch channel that each worker subscribes to once.
+//! Workers only read it: the live config is an immutable snapshot behind an `ArcSwap` (a
+//! lock-free load per connection), each worker writes only its own metric shards and stats,
+//! and the drain phase comes through a watch channel that each worker subscribes to once.
+//! The restart-only part of the config is fixed at start and kept apart, so what `/config`
+//! shows is what is in force.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-
-use arc_swap::{ArcSwap, ArcSwapOption};
-use ringmesh_core::config::{Config, CopyMode, IdentityConfig};
-use ringmesh_core::metrics::{self, CopyKind, IdentityInfo, ProcessInfo, WorkerShard};
+use arc_swap::ArcSwap;
+use ringmesh_core::WorkloadKey;
+use ringmesh_core::config::{BootConfig, Config, CopyMode, IdentityConfig};
+use ringmesh_core::decide::OwnAddrs;
+use ringmesh_core::metrics::{
+    self, ConfigInfo, CopyKind, ProcessInfo, WorkerStats, WorkloadMetrics,
+};
 use tokio::sync::watch;
 
 use crate::driver::Resolved;
-use crate::tls::TlsIdentity;
+use crate::workload::Workload;
 
-/// The config in force and its version (1 for the one the process started with).
+/// Where a config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The default compiled into the binary.
+    Embedded,
+    /// A file (`--config`), re-read on SIGHUP.
+    File(PathBuf),
+    /// Handed over in-process (`Proxy::apply`).
+    Api,
+}
+
+impl ConfigSource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigSource::Embedded => "embedded",
+            ConfigSource::File(_) => "file",
+            ConfigSource::Api => "api",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            ConfigSource::File(p) => format!("file {}", p.display()),
+            other => other.kind().to_string(),
+        }
+    }
+}
+
+/// The live config in force.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub version: u64,
+    /// The config last accepted; its live part is in force, its restart-only part is in
+    /// force only where it equals [`Shared::boot`].
     pub config: Config,
+    pub source: ConfigSource,
+    /// A local count of applied configs, for per-worker state keyed by config (round-robin
+    /// turns); the version the world sees is `config.version`.
+    pub generation: u64,
+    /// Unix seconds when it was applied.
+    pub applied_at: u64,
+    /// Restart-only fields that differ from what is in force.
+    pub restart_required: Vec<&'static str>,
 }
 
 /// Where the process is in its life.
@@ -46,60 +86,97 @@ pub fn copy_kind(mode: CopyMode) -> CopyKind {
     }
 }
 
-#[derive(Debug)]
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A count of log lines the writer dropped (the non-blocking writer's error counter).
+pub type DroppedLines = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 pub struct Shared {
+    /// The restart-only config the process was started with: what is in force.
+    pub boot: BootConfig,
+    /// Its document form, for `/config`.
+    pub boot_raw: serde_json::Value,
     pub config: ArcSwap<Snapshot>,
     pub phase: watch::Sender<Phase>,
-    pub shards: Box<[WorkerShard]>,
+    pub workloads: Box<[Workload]>,
+    /// Per worker: heartbeat and log tally.
+    pub workers: Box<[WorkerStats]>,
+    pub workers_pinned: bool,
     pub driver: Resolved,
-    /// Ports of our own listeners: a connection whose original destination has one of these
-    /// ports would loop back into the proxy.
-    pub listener_ports: Vec<u16>,
+    /// The proxy's own listener addresses and the namespace's IPs, refreshed by the
+    /// control thread: a destination among them is a loop.
+    pub own: ArcSwap<OwnAddrs>,
+    pub listeners: Vec<std::net::SocketAddr>,
     pub config_path: Option<PathBuf>,
     pub workers_started: AtomicUsize,
     reloads_ok: AtomicU64,
     reloads_rejected: AtomicU64,
     start_time: u64,
-    /// The SVID and its TLS configurations; `None` when there is none valid (fail closed).
-    pub identity: ArcSwapOption<TlsIdentity>,
-    /// Whether an identity source is configured (then no SVID means not ready).
-    pub identity_required: bool,
-    pub identity_rotations: AtomicU64,
-    pub identity_errors: AtomicU64,
-    /// The identity source's last error, for `/identity`.
-    pub identity_last_error: Mutex<Option<String>>,
-    /// Access-policy refusals by source SPIFFE ID. A lock, but only on the refusal path.
-    access_denied: Mutex<BTreeMap<String, u64>>,
+    /// The zero of the heartbeat clock.
+    epoch: Instant,
+    /// A worker whose heartbeat is older than this makes the process not live.
+    pub stall_timeout: Duration,
+    dropped_lines: Option<DroppedLines>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("boot", &self.boot)
+            .field("workloads", &self.workloads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new `Shared` is built from.
+#[allow(missing_debug_implementations)] // a bag of arguments; `Shared` shows them
+pub struct SharedSetup {
+    pub config: Config,
+    pub source: ConfigSource,
+    pub workload: WorkloadKey,
+    pub workers: usize,
+    pub workers_pinned: bool,
+    pub driver: Resolved,
+    pub listeners: Vec<std::net::SocketAddr>,
+    pub config_path: Option<PathBuf>,
+    pub stall_timeout: Duration,
+    pub dropped_lines: Option<DroppedLines>,
 }
 
 impl Shared {
-    pub fn new(
-        config: Config,
-        workers: usize,
-        driver: Resolved,
-        listener_ports: Vec<u16>,
-        config_path: Option<PathBuf>,
-    ) -> Arc<Self> {
-        let identity_required = config.identity != IdentityConfig::None;
+    pub fn new(s: SharedSetup) -> Arc<Self> {
+        let identity_required = s.config.boot.identity != IdentityConfig::None;
+        let local_ips = crate::sys::local_ips().unwrap_or_default();
+        let own = OwnAddrs::new(s.listeners.iter().copied(), local_ips);
         Arc::new(Self {
-            config: ArcSwap::from_pointee(Snapshot { version: 1, config }),
+            boot: s.config.boot.clone(),
+            boot_raw: s.config.raw_boot(),
+            workloads: vec![Workload::new(s.workload, 0, s.workers, identity_required)].into(),
+            config: ArcSwap::from_pointee(Snapshot {
+                config: s.config,
+                source: s.source,
+                generation: 1,
+                applied_at: unix_now(),
+                restart_required: Vec::new(),
+            }),
             phase: watch::Sender::new(Phase::Running),
-            shards: (0..workers).map(|_| WorkerShard::default()).collect(),
-            driver,
-            listener_ports,
-            config_path,
+            workers: (0..s.workers).map(|_| WorkerStats::default()).collect(),
+            workers_pinned: s.workers_pinned,
+            driver: s.driver,
+            own: ArcSwap::from_pointee(own),
+            listeners: s.listeners,
+            config_path: s.config_path,
             workers_started: AtomicUsize::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
-            start_time: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            identity: ArcSwapOption::empty(),
-            identity_required,
-            identity_rotations: AtomicU64::new(0),
-            identity_errors: AtomicU64::new(0),
-            identity_last_error: Mutex::new(None),
-            access_denied: Mutex::new(BTreeMap::new()),
+            start_time: unix_now(),
+            epoch: Instant::now(),
+            stall_timeout: s.stall_timeout,
+            dropped_lines: s.dropped_lines,
         })
     }
 
@@ -107,81 +184,119 @@ impl Shared {
         *self.phase.borrow()
     }
 
-    /// Serving: every worker accepts, no drain has begun, and the SVID is valid if one is
-    /// needed.
+    /// Milliseconds on the heartbeat clock.
+    pub fn clock_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records that worker `id` is running its event loop.
+    pub fn heartbeat(&self, id: usize) {
+        self.workers[id]
+            .heartbeat_ms
+            .store(self.clock_ms(), Relaxed);
+    }
+
+    /// Every worker has started and none has missed its heartbeat for the stall timeout.
+    pub fn live(&self) -> bool {
+        let now = self.clock_ms();
+        let limit = u64::try_from(self.stall_timeout.as_millis()).unwrap_or(u64::MAX);
+        self.workers_started.load(Relaxed) == self.workers.len()
+            && self
+                .workers
+                .iter()
+                .all(|w| now.saturating_sub(w.heartbeat_ms.load(Relaxed)) <= limit)
+    }
+
+    /// Serving: every worker accepts and is live, no drain has begun, and every workload
+    /// that needs an SVID has one.
     pub fn ready(&self) -> bool {
-        self.workers_started.load(Relaxed) == self.shards.len()
-            && self.phase() == Phase::Running
-            && (!self.identity_required || self.identity.load().is_some())
+        self.live() && self.phase() == Phase::Running && self.workloads.iter().all(Workload::ready)
     }
 
-    /// Counts a connection the access policy refused (`None`: a plaintext peer).
-    pub fn count_denied(&self, source: Option<&ringmesh_core::SpiffeId>) {
-        let key = source.map_or_else(|| "none".to_string(), ToString::to_string);
-        if let Ok(mut m) = self.access_denied.lock() {
-            *m.entry(key).or_default() += 1;
-        }
-    }
-
-    /// Connections open now, all workers.
+    /// Connections open now, all workers and workloads.
     pub fn active(&self) -> i64 {
-        self.shards.iter().map(WorkerShard::active_total).sum()
+        self.workloads.iter().map(Workload::active).sum()
     }
 
-    /// Publishes a new config to every worker in one step; returns its version. Listener and
-    /// admin addresses are bound at start, so a change to them waits for a restart.
-    pub fn apply(&self, config: Config) -> u64 {
+    /// Publishes a new config's live part to every worker in one step. Restart-only fields
+    /// that differ from those in force are named in the result (and stay as they are).
+    pub fn apply(&self, config: Config, source: ConfigSource) -> Arc<Snapshot> {
         let old = self.config.load();
-        if config.listeners != old.config.listeners
-            || config.admin != old.config.admin
-            || config.identity != old.config.identity
-        {
+        let restart_required = self.boot.restart_fields(&config.boot);
+        if !restart_required.is_empty() {
             tracing::warn!(
-                "listener, admin or identity source changed; that takes a restart, the rest is \
-                 applied"
+                fields = ?restart_required,
+                "these fields take a restart; they keep their values until then, the rest is applied"
             );
         }
-        let version = old.version + 1;
-        self.config.store(Arc::new(Snapshot { version, config }));
+        let snap = Arc::new(Snapshot {
+            config,
+            source,
+            generation: old.generation + 1,
+            applied_at: unix_now(),
+            restart_required,
+        });
+        self.config.store(snap.clone());
         self.reloads_ok.fetch_add(1, Relaxed);
-        version
+        snap
     }
 
     pub fn count_rejected_reload(&self) {
         self.reloads_rejected.fetch_add(1, Relaxed);
     }
 
+    /// Re-reads the namespace's addresses (interfaces come and go).
+    pub fn refresh_own_addrs(&self) {
+        if let Ok(ips) = crate::sys::local_ips() {
+            let own = OwnAddrs::new(self.listeners.iter().copied(), ips);
+            if **self.own.load() != own {
+                self.own.store(Arc::new(own));
+            }
+        }
+    }
+
     pub fn process_info(&self) -> ProcessInfo {
         let snap = self.config.load();
+        let version = snap.config.version;
         ProcessInfo {
             version: env!("CARGO_PKG_VERSION"),
             driver: self.driver.kind.as_str(),
             driver_fallback_reason: self.driver.fallback_reason.clone(),
-            copy_mode: copy_kind(snap.config.copy).as_str(),
-            workers: self.shards.len(),
-            config_version: snap.version,
+            copy_mode: copy_kind(snap.config.live.copy).as_str(),
+            workers: self.workers.len(),
+            workers_pinned: self.workers_pinned,
+            config: ConfigInfo {
+                version: version.to_string(),
+                number: version.number(),
+                source: snap.source.kind(),
+                applied_at: snap.applied_at,
+                restart_required: snap.restart_required.clone(),
+            },
             config_reloads_ok: self.reloads_ok.load(Relaxed),
             config_reloads_rejected: self.reloads_rejected.load(Relaxed),
             ready: self.ready(),
+            live: self.live(),
             draining: self.phase() != Phase::Running,
             start_time_seconds: self.start_time,
-            identity: self.identity.load().as_ref().map(|t| IdentityInfo {
-                spiffe_id: t.identity.leaf.id.to_string(),
-                serial: t.identity.leaf.serial.clone(),
-                not_after: t.identity.leaf.not_after,
-            }),
-            identity_rotations: self.identity_rotations.load(Relaxed),
-            identity_source_errors: self.identity_errors.load(Relaxed),
-            access_denied: self
-                .access_denied
-                .lock()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
-                .unwrap_or_default(),
+            now_ms: self.clock_ms(),
+            log_lines_dropped: self.dropped_lines.as_ref().map_or(0, |f| f()),
         }
     }
 
     pub fn render_metrics(&self) -> String {
-        let shards: Vec<&WorkerShard> = self.shards.iter().collect();
-        metrics::render(&shards, &self.process_info())
+        let infos: Vec<_> = self.workloads.iter().map(Workload::identity_info).collect();
+        let workloads: Vec<_> = self
+            .workloads
+            .iter()
+            .zip(&infos)
+            .map(|(w, id)| WorkloadMetrics {
+                key: w.key.as_str(),
+                shards: &w.shards,
+                identity: id.as_ref(),
+                identity_rotations: w.rotations(),
+                identity_source_errors: w.source_errors(),
+            })
+            .collect();
+        metrics::render(&workloads, &self.workers, &self.process_info())
     }
 }

@@ -1,7 +1,12 @@
-//! A worker: one pinned thread, one monoio runtime, one SO_REUSEPORT listener per listening
-//! address, and every connection those listeners accept. Workers share nothing they write.
+//! A worker: one thread, one monoio runtime, one SO_REUSEPORT listener per listening
+//! address and workload, and every connection those listeners accept. Workers share nothing
+//! they write.
+//!
+//! A worker proves it is alive with a heartbeat (`/live` and `/ready` read it). A panic in a
+//! worker aborts the process (the hook in [`install_panic_hook`]): its connections are gone
+//! with it, and an orchestrator restarting the proxy is better than a pod that reports
+//! ready behind a dead worker.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::rc::Rc;
@@ -11,91 +16,29 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use monoio::net::{TcpListener, TcpStream};
-use ringmesh_core::metrics::{AcceptError, Direction, Outcome, WorkerShard};
+use ringmesh_core::metrics::{AcceptError, Direction, Outcome};
+use socket2::SockRef;
 
-use crate::copy::{self, Pools};
+use crate::connect::set_tcp_options;
+use crate::ctx::{ConnRecord, WorkerCtx};
 use crate::driver::{self, DriverKind};
 use crate::idle::IdleTracker;
 use crate::orig_dst::OrigDstSource;
-use crate::signal::LocalSignal;
 use crate::state::{Phase, Shared};
-use crate::{inbound, outbound, sys};
+use crate::sys::{self, fd_ref};
+use crate::{copy, inbound, outbound};
 
-/// What every connection task on this worker reaches through an `Rc`.
-pub(crate) struct WorkerCtx {
-    pub id: usize,
-    pub shared: Arc<Shared>,
-    pub orig_dst: Arc<dyn OrigDstSource>,
-    pub pools: Pools,
-    /// Round-robin turn per service, reset when the config version changes.
-    turns: RefCell<(u64, Vec<u64>)>,
-    /// Fired when the drain begins: accept loops stop.
-    pub draining: LocalSignal,
-    /// Fired at the drain deadline: connections are reset.
-    pub closing: LocalSignal,
-    /// Every connection's activity, swept for idle timeouts.
-    pub idle: IdleTracker,
-}
+/// How often a worker beats; `/live` fails after `--stall-timeout` without one.
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(100);
 
-impl WorkerCtx {
-    pub fn shard(&self) -> &WorkerShard {
-        &self.shared.shards[self.id]
-    }
+const THREAD_PREFIX: &str = "ringmesh-worker-";
 
-    /// The next round-robin turn for service `index` of config `version`.
-    pub fn next_turn(&self, version: u64, index: usize) -> u64 {
-        let mut turns = self.turns.borrow_mut();
-        if turns.0 != version {
-            *turns = (version, Vec::new());
-        }
-        if turns.1.len() <= index {
-            // Start each worker at a different place so N workers do not all pick endpoint 0.
-            let start = self.id as u64;
-            turns.1.resize(index + 1, start);
-        }
-        let t = turns.1[index];
-        turns.1[index] = t.wrapping_add(1);
-        t
-    }
-}
-
-/// Counts a connection as opened, and as closed exactly once: by [`finish`](Self::finish),
-/// or, if the task is dropped first, as an internal error.
-pub(crate) struct ConnRecord<'a> {
-    shard: &'a WorkerShard,
-    dir: Direction,
-    start: Instant,
-    done: bool,
-}
-
-impl<'a> ConnRecord<'a> {
-    pub fn open(shard: &'a WorkerShard, dir: Direction) -> Self {
-        shard.opened(dir);
-        Self {
-            shard,
-            dir,
-            start: Instant::now(),
-            done: false,
-        }
-    }
-
-    pub fn finish(mut self, outcome: Outcome) {
-        self.done = true;
-        self.shard.closed(self.dir, outcome, self.start.elapsed());
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-}
-
-impl Drop for ConnRecord<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.shard
-                .closed(self.dir, Outcome::InternalError, self.start.elapsed());
-        }
-    }
+/// One listener of a worker: its direction and the workload it serves.
+#[derive(Debug)]
+pub(crate) struct ListenerSetup {
+    pub dir: Direction,
+    pub workload: usize,
+    pub listener: std::net::TcpListener,
 }
 
 /// A worker's listeners, bound by the main thread.
@@ -103,7 +46,27 @@ impl Drop for ConnRecord<'_> {
 pub(crate) struct WorkerSetup {
     pub id: usize,
     pub cpu: Option<usize>,
-    pub listeners: Vec<(Direction, std::net::TcpListener)>,
+    pub listeners: Vec<ListenerSetup>,
+}
+
+/// Makes a panic on a worker thread abort the process, after saying so on stderr directly
+/// (the log writer is asynchronous and would not get the line out before the abort).
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            let name = thread::current().name().unwrap_or("").to_string();
+            if name.starts_with(THREAD_PREFIX) {
+                eprintln!(
+                    "uring-proxy: {name} panicked; aborting so that the process is restarted \
+                     rather than serve with a dead worker"
+                );
+                std::process::abort();
+            }
+        }));
+    });
 }
 
 pub(crate) fn spawn(
@@ -112,7 +75,7 @@ pub(crate) fn spawn(
     orig_dst: Arc<dyn OrigDstSource>,
 ) -> io::Result<thread::JoinHandle<io::Result<()>>> {
     thread::Builder::new()
-        .name(format!("ringmesh-worker-{}", setup.id))
+        .name(format!("{THREAD_PREFIX}{}", setup.id))
         .spawn(move || {
             if let Some(cpu) = setup.cpu
                 && let Err(e) = sys::pin_current_thread(cpu)
@@ -120,33 +83,26 @@ pub(crate) fn spawn(
                 tracing::warn!(worker = setup.id, cpu, error = %e, "could not pin worker");
             }
             let kind = shared.driver.kind;
-            let ctx = Rc::new(WorkerCtx {
-                id: setup.id,
-                shared,
-                orig_dst,
-                pools: Pools::default(),
-                turns: RefCell::new((0, Vec::new())),
-                draining: LocalSignal::default(),
-                closing: LocalSignal::default(),
-                idle: IdleTracker::default(),
-            });
+            let ctx = Rc::new(WorkerCtx::new(setup.id, shared, orig_dst));
             driver::block_on(kind, || run(ctx, setup.listeners, kind))?
         })
 }
 
 async fn run(
     ctx: Rc<WorkerCtx>,
-    listeners: Vec<(Direction, std::net::TcpListener)>,
+    listeners: Vec<ListenerSetup>,
     kind: DriverKind,
 ) -> io::Result<()> {
     let mut phase = ctx.shared.phase.subscribe();
-    for (dir, l) in listeners {
+    for l in listeners {
         // io_uring waits in the kernel; epoll needs a non-blocking socket.
-        l.set_nonblocking(kind == DriverKind::Epoll)?;
-        let l = TcpListener::from_std(l)?;
-        monoio::spawn(accept_loop(ctx.clone(), dir, l));
+        l.listener.set_nonblocking(kind == DriverKind::Epoll)?;
+        let listener = TcpListener::from_std(l.listener)?;
+        monoio::spawn(accept_loop(ctx.clone(), l.dir, l.workload, listener));
     }
     monoio::spawn(sweep_idle(ctx.clone()));
+    monoio::spawn(heartbeat(ctx.clone()));
+    ctx.shared.heartbeat(ctx.id);
     ctx.shared.workers_started.fetch_add(1, Relaxed);
     tracing::debug!(worker = ctx.id, driver = kind.as_str(), "worker started");
 
@@ -155,16 +111,32 @@ async fn run(
     let _ = phase.wait_for(|p| *p == Phase::Closing).await;
     ctx.closing.fire();
     // Reset connections unwind within a tick or two.
-    while ctx.shard().active_total() > 0 {
+    while ctx
+        .shared
+        .workloads
+        .iter()
+        .any(|w| w.shards[ctx.id].active_total() > 0)
+    {
         monoio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())
 }
 
+/// Shows the control thread that this worker's event loop turns.
+async fn heartbeat(ctx: Rc<WorkerCtx>) {
+    loop {
+        monoio::select! {
+            biased;
+            _ = ctx.closing.wait() => return,
+            _ = monoio::time::sleep(HEARTBEAT) => ctx.shared.heartbeat(ctx.id),
+        }
+    }
+}
+
 /// Closes idle connections: one timer per worker instead of one per connection.
 async fn sweep_idle(ctx: Rc<WorkerCtx>) {
     loop {
-        let idle = ctx.shared.config.load().config.timeouts.idle;
+        let idle = ctx.shared.config.load().config.live.timeouts.idle;
         monoio::select! {
             biased;
             _ = ctx.closing.wait() => return,
@@ -180,12 +152,27 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, listener: TcpListener) {
+async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, workload: usize, listener: TcpListener) {
+    let shared = ctx.shared.clone();
+    let w = &shared.workloads[workload];
     // A spare descriptor, given up when the process runs out so that one pending connection
     // can be accepted and closed: the client hears at once instead of waiting in the backlog.
     let mut reserve = File::open("/dev/null").ok();
     let mut backoff = Duration::ZERO;
+    // The config whose TCP options the listener carries (accepted sockets inherit them).
+    let mut tcp_generation = 0;
     loop {
+        let snap = shared.config.load();
+        if snap.generation != tcp_generation {
+            tcp_generation = snap.generation;
+            if let Err(e) =
+                set_tcp_options(SockRef::from(&fd_ref(&listener)), &snap.config.live.tcp)
+            {
+                tracing::warn!(worker = ctx.id, %dir, error = %e, "cannot set TCP options on the listener");
+            }
+        }
+        let limit = snap.config.live.limits.max_connections_per_worker;
+        drop(snap);
         let accepted = monoio::select! {
             biased;
             _ = ctx.draining.wait() => break,
@@ -194,24 +181,26 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, listener: TcpListener) 
         match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::ZERO;
-                let limit = ctx
-                    .shared
-                    .config
-                    .load()
-                    .config
-                    .limits
-                    .max_connections_per_worker;
-                if ctx.shard().active_total() >= i64::from(limit.get()) {
-                    refuse(&ctx, dir, stream, Outcome::ConnectionLimit);
+                let held: i64 = shared
+                    .workloads
+                    .iter()
+                    .map(|w| w.shards[ctx.id].active_total())
+                    .sum();
+                if held >= i64::from(limit.get()) {
+                    refuse(&ctx, w, dir, stream, Outcome::ConnectionLimit);
                     continue;
                 }
                 match dir {
-                    Direction::Outbound => monoio::spawn(outbound::serve(ctx.clone(), stream)),
-                    Direction::Inbound => monoio::spawn(inbound::serve(ctx.clone(), stream)),
+                    Direction::Outbound => {
+                        monoio::spawn(outbound::serve(ctx.clone(), workload, stream))
+                    }
+                    Direction::Inbound => {
+                        monoio::spawn(inbound::serve(ctx.clone(), workload, stream))
+                    }
                 };
             }
             Err(e) if is_fd_exhaustion(&e) => {
-                ctx.shard().accept_error(AcceptError::FdExhausted);
+                ctx.shard(w).accept_error(AcceptError::FdExhausted);
                 if backoff.is_zero() {
                     tracing::warn!(
                         worker = ctx.id, %dir, side = "internal", error = %e,
@@ -234,7 +223,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, listener: TcpListener) 
             }
             Err(e) => {
                 // ECONNABORTED and friends: the client gave up before we got to it.
-                ctx.shard().accept_error(AcceptError::Other);
+                ctx.shard(w).accept_error(AcceptError::Other);
                 tracing::debug!(worker = ctx.id, %dir, error = %e, "accept failed");
             }
         }
@@ -243,9 +232,15 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, listener: TcpListener) 
 }
 
 /// Accepts-and-resets a connection the worker will not serve.
-fn refuse(ctx: &WorkerCtx, dir: Direction, stream: TcpStream, outcome: Outcome) {
+fn refuse(
+    ctx: &WorkerCtx,
+    w: &crate::workload::Workload,
+    dir: Direction,
+    stream: TcpStream,
+    outcome: Outcome,
+) {
     copy::reset(&stream);
-    ConnRecord::open(ctx.shard(), dir).finish(outcome);
+    ConnRecord::open(ctx.shard(w), dir).finish(outcome);
     tracing::debug!(worker = ctx.id, %dir, %outcome, "connection refused");
 }
 
@@ -253,6 +248,8 @@ fn refuse(ctx: &WorkerCtx, dir: Direction, stream: TcpStream, outcome: Outcome) 
 mod size_tests {
     use super::*;
     use crate::driver::Resolved;
+    use crate::state::{ConfigSource, SharedSetup};
+    use ringmesh_core::WorkloadKey;
     use ringmesh_core::config::Config;
 
     /// An idle connection costs its task's state for its whole life, so that state has a
@@ -268,22 +265,28 @@ mod size_tests {
             let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             a.set_nonblocking(true).unwrap();
             let a = TcpStream::from_std(a).unwrap();
-            let resolved = Resolved {
-                kind: DriverKind::Epoll,
-                fallback_reason: None,
-            };
-            let shared = Shared::new(Config::embedded_default(), 1, resolved, vec![], None);
-            let ctx = Rc::new(WorkerCtx {
-                id: 0,
-                shared,
-                orig_dst: Arc::new(crate::orig_dst::SoOriginalDst),
-                pools: Pools::default(),
-                turns: RefCell::new((0, Vec::new())),
-                draining: LocalSignal::default(),
-                closing: LocalSignal::default(),
-                idle: IdleTracker::default(),
+            let shared = Shared::new(SharedSetup {
+                config: Config::embedded_default(),
+                source: ConfigSource::Embedded,
+                workload: WorkloadKey::sidecar(),
+                workers: 1,
+                workers_pinned: false,
+                driver: Resolved {
+                    kind: DriverKind::Epoll,
+                    fallback_reason: None,
+                },
+                listeners: vec![],
+                config_path: None,
+                stall_timeout: Duration::from_secs(5),
+                dropped_lines: None,
             });
-            let outbound = std::mem::size_of_val(&outbound::serve(ctx.clone(), a));
+            let ctx = Rc::new(WorkerCtx::new(
+                0,
+                shared,
+                Arc::new(crate::orig_dst::SoOriginalDst),
+            ));
+            let outbound = std::mem::size_of_val(&outbound::serve(ctx.clone(), 0, a));
+            eprintln!("outbound connection state: {outbound} bytes");
             assert!(
                 outbound <= 1400,
                 "outbound connection state is {outbound} bytes"

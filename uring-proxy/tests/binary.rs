@@ -140,11 +140,13 @@ fn signal(c: &Child, s: Signal) {
     kill(Pid::from_raw(c.id() as i32), s).unwrap();
 }
 
-fn config_version(admin: SocketAddr) -> u64 {
+fn config(admin: SocketAddr) -> serde_json::Value {
     let (_, body) = http_get(admin, "/config");
-    serde_json::from_str::<serde_json::Value>(&body).unwrap()["version"]
-        .as_u64()
-        .unwrap()
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()
+}
+
+fn config_version(admin: SocketAddr) -> String {
+    config(admin)["version"].as_str().unwrap().to_string()
 }
 
 fn sighup_reload_and_sigterm_exit(driver: DriverChoice) {
@@ -153,7 +155,7 @@ fn sighup_reload_and_sigterm_exit(driver: DriverChoice) {
     let path = dir.join("p.yaml");
     let port = free_port();
     let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    std::fs::write(&path, loopback_config(port)).unwrap();
+    std::fs::write(&path, format!("version: 1\n{}", loopback_config(port))).unwrap();
     let drv = if driver == DriverChoice::Uring {
         "uring"
     } else {
@@ -176,26 +178,57 @@ fn sighup_reload_and_sigterm_exit(driver: DriverChoice) {
     wait_until("admin ready", Duration::from_secs(10), || {
         std::net::TcpStream::connect(admin).is_ok() && http_get(admin, "/ready").0 == 200
     });
-    assert_eq!(config_version(admin), 1);
+    assert_eq!(config_version(admin), "1");
+    assert_eq!(config(admin)["source"], format!("file {}", path.display()));
 
     // A bad file is rejected whole; the running config stays.
-    std::fs::write(&path, format!("{}egress: maybe\n", loopback_config(port))).unwrap();
+    std::fs::write(
+        &path,
+        format!("version: 9\n{}egress: maybe\n", loopback_config(port)),
+    )
+    .unwrap();
     signal(&p.0, Signal::SIGHUP);
     wait_until("rejection counted", Duration::from_secs(5), || {
         http_get(admin, "/metrics")
             .1
             .contains("ringmesh_config_reloads_total{result=\"rejected\"} 1")
     });
-    assert_eq!(config_version(admin), 1);
+    assert_eq!(config_version(admin), "1");
 
     // A good one is applied.
-    std::fs::write(&path, format!("{}egress: deny\n", loopback_config(port))).unwrap();
+    std::fs::write(
+        &path,
+        format!("version: 2\n{}egress: deny\n", loopback_config(port)),
+    )
+    .unwrap();
     signal(&p.0, Signal::SIGHUP);
     wait_until("config version 2", Duration::from_secs(5), || {
-        config_version(admin) == 2
+        config_version(admin) == "2"
     });
-    let (_, body) = http_get(admin, "/config");
-    assert!(body.contains("\"egress\": \"deny\""), "{body}");
+    let c = config(admin);
+    assert_eq!(c["in_force"]["live"]["egress"], "deny", "{c:#}");
+    assert_eq!(c["restart_required"], serde_json::json!([]), "{c:#}");
+
+    // A restart-only change: the live part is applied, the admin address stays (it is where
+    // we are asking), and both /config and the metrics say a restart is needed.
+    let moved = loopback_config(port).replace(&format!("127.0.0.1:{port}"), "127.0.0.1:1");
+    std::fs::write(&path, format!("version: 3\n{moved}egress: allow\n")).unwrap();
+    signal(&p.0, Signal::SIGHUP);
+    wait_until("config version 3", Duration::from_secs(5), || {
+        config_version(admin) == "3"
+    });
+    let c = config(admin);
+    assert_eq!(c["restart_required"], serde_json::json!(["admin"]), "{c:#}");
+    assert_eq!(
+        c["in_force"]["restart_only"]["admin"],
+        format!("127.0.0.1:{port}")
+    );
+    assert_eq!(c["in_force"]["live"]["egress"], "allow");
+    let m = http_get(admin, "/metrics").1;
+    assert!(
+        m.contains("ringmesh_config_restart_required{field=\"admin\"} 1\n"),
+        "{m}"
+    );
 
     signal(&p.0, Signal::SIGTERM);
     let t0 = Instant::now();

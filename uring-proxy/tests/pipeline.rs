@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringmesh_core::OrigDst;
+use ringmesh_core::config::VersionId;
 use ringmesh_core::metrics::{Direction, Outcome, Side};
 use support::*;
 use uring_proxy::{ConnInfo, DriverChoice};
@@ -63,13 +64,14 @@ fn echo_every_copy_mode(driver: DriverChoice) {
         assert_eq!(bytes(Side::Upstream), total, "{copy}");
         let m = p.metrics();
         assert!(
-            m.contains(&format!(
-                "ringmesh_copy_connections_total{{mode=\"{copy}\"}} 1"
-            )),
+            metric_in(
+                &m,
+                &format!("ringmesh_copy_connections_total{{mode=\"{copy}\"}}")
+            ) == 1,
             "{m}"
         );
         assert!(
-            m.contains("ringmesh_outbound_routes_total{route=\"egress\"} 1"),
+            metric_in(&m, "ringmesh_outbound_routes_total{route=\"egress\"}") == 1,
             "{m}"
         );
         assert_eq!(active(&p), 0);
@@ -93,7 +95,7 @@ fn service_vip_round_robin(driver: DriverChoice) {
     assert_eq!(b.accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     let m = p.metrics();
     assert!(
-        m.contains("ringmesh_outbound_routes_total{route=\"service\"} 6"),
+        metric_in(&m, "ringmesh_outbound_routes_total{route=\"service\"}") == 6,
         "{m}"
     );
 
@@ -108,10 +110,7 @@ fn service_vip_round_robin(driver: DriverChoice) {
     );
     let mut c = connect(p2.outbound_addr());
     roundtrip(&mut c, b"direct");
-    assert!(
-        p2.metrics()
-            .contains("ringmesh_outbound_routes_total{route=\"endpoint\"} 1")
-    );
+    assert!(metric(&p2, "ringmesh_outbound_routes_total{route=\"endpoint\"}") == 1);
 }
 
 fn inbound_goes_to_loopback_app_port(driver: DriverChoice) {
@@ -257,9 +256,10 @@ fn redirect_loop_refused(driver: DriverChoice) {
     expect_closed(&p, Direction::Outbound, Outcome::RedirectLoop, 1);
     let m = p.metrics();
     assert!(
-        m.contains(
-            "ringmesh_connections_refused_total{direction=\"outbound\",reason=\"redirect_loop\"} 1"
-        ),
+        metric_in(
+            &m,
+            "ringmesh_connections_refused_total{direction=\"outbound\",reason=\"redirect_loop\"}"
+        ) == 1,
         "{m}"
     );
 }
@@ -329,11 +329,11 @@ fn reload_keeps_connections(driver: DriverChoice) {
         roundtrip(c, b"before");
     }
     let v = p.apply(config(&format!(
-        "timeouts: {{ idle: 10m }}\nservices: [{{ name: x, addrs: [\"10.96.0.1:80\"], endpoints: [{{ addr: \"{}\" }}] }}]",
+        "version: 2\ntimeouts: {{ idle: 10m }}\nservices: [{{ name: x, addrs: [\"10.96.0.1:80\"], endpoints: [{{ addr: \"{}\" }}] }}]",
         srv.addr
     )));
-    assert_eq!(v, Some(2));
-    assert_eq!(p.config_version(), 2);
+    assert_eq!(v, Some(VersionId::Number(2)));
+    assert_eq!(p.config_version(), VersionId::Number(2));
     for c in &mut conns {
         roundtrip(c, b"after reload");
     }
@@ -344,7 +344,12 @@ fn reload_keeps_connections(driver: DriverChoice) {
         0,
         "nothing dropped"
     );
-    assert!(p.metrics().contains("ringmesh_config_version 2"));
+    let m = p.metrics();
+    assert!(m.contains("ringmesh_config_version 2\n"), "{m}");
+    assert!(
+        m.contains("ringmesh_config_info{version=\"2\",source=\"api\"} 1\n"),
+        "{m}"
+    );
 }
 
 fn reload_file_rejects_bad_config(driver: DriverChoice) {
@@ -354,7 +359,7 @@ fn reload_file_rejects_bad_config(driver: DriverChoice) {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("proxy.yaml");
     let good = "listeners: { outbound: \"127.0.0.1:0\", inbound: \"127.0.0.1:0\" }\nadmin: \"127.0.0.1:0\"\nbypass_mark: 0\n";
-    std::fs::write(&path, good).unwrap();
+    std::fs::write(&path, format!("version: 1\n{good}")).unwrap();
     let cfg = uring_proxy::load_config_file(&path).unwrap();
     let mut opts = options(driver, 2, fixed(srv.addr));
     opts.config_path = Some(path.clone());
@@ -376,16 +381,20 @@ fn reload_file_rejects_bad_config(driver: DriverChoice) {
         errs.iter().any(|e| e.starts_with("services[0].endpoints:")),
         "{errs:?}"
     );
-    assert_eq!(p.config_version(), 1, "old config keeps serving");
+    assert_eq!(
+        p.config_version(),
+        VersionId::Number(1),
+        "old config keeps serving"
+    );
     roundtrip(&mut c, b"still serving");
     let m = p.metrics();
     assert!(
-        m.contains("ringmesh_config_reloads_total{result=\"rejected\"} 1"),
+        metric_in(&m, "ringmesh_config_reloads_total{result=\"rejected\"}") == 1,
         "{m}"
     );
 
-    std::fs::write(&path, format!("{good}egress: deny\n")).unwrap();
-    assert_eq!(p.reload_file(), Ok(2));
+    std::fs::write(&path, format!("version: 2\n{good}egress: deny\n")).unwrap();
+    assert_eq!(p.reload_file(), Ok(VersionId::Number(2)));
     roundtrip(&mut c, b"open connections survive");
     let mut denied = connect(p.outbound_addr());
     let _ = read_end(&mut denied);
@@ -462,7 +471,10 @@ fn admin_endpoints(driver: DriverChoice) {
         "{metrics}"
     );
     assert!(
-        metrics.contains("ringmesh_connections_active{direction=\"outbound\"} 1"),
+        metric_in(
+            &metrics,
+            "ringmesh_connections_active{direction=\"outbound\"}"
+        ) == 1,
         "{metrics}"
     );
     assert!(metrics.contains("ringmesh_workers 2"), "{metrics}");
@@ -471,7 +483,10 @@ fn admin_endpoints(driver: DriverChoice) {
     let (code, body) = http_get(admin, "/config");
     assert_eq!(code, 200);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json["version"], 1);
-    assert_eq!(json["config"]["egress"], "allow");
+    assert_eq!(json["version"], p.config_version().to_string());
+    assert_eq!(json["source"], "api");
+    assert_eq!(json["in_force"]["live"]["egress"], "allow");
+    assert_eq!(json["in_force"]["restart_only"]["admin"], "127.0.0.1:0");
+    assert_eq!(json["workloads"], serde_json::json!(["sidecar"]));
     assert_eq!(http_get(admin, "/nope").0, 404);
 }

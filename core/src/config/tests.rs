@@ -35,34 +35,34 @@ services:
 #[test]
 fn embedded_default_is_valid_sidecar() {
     let c = Config::embedded_default();
-    assert_eq!(c.listeners.outbound, "[::]:15001".parse().unwrap());
-    assert_eq!(c.listeners.inbound, "[::]:15006".parse().unwrap());
-    assert_eq!(c.admin, "127.0.0.1:15000".parse().unwrap());
-    assert_eq!(c.egress, EgressPolicy::Allow);
-    assert_eq!(c.bypass_mark.map(NonZeroU32::get), Some(1337));
-    assert!(c.services.is_empty());
+    assert_eq!(c.boot.listeners.outbound, "[::]:15001".parse().unwrap());
+    assert_eq!(c.boot.listeners.inbound, "[::]:15006".parse().unwrap());
+    assert_eq!(c.boot.admin, "127.0.0.1:15000".parse().unwrap());
+    assert_eq!(c.live.egress, EgressPolicy::Allow);
+    assert_eq!(c.live.bypass_mark.map(NonZeroU32::get), Some(1337));
+    assert!(c.live.services.is_empty());
 }
 
 #[test]
 fn empty_object_takes_every_default() {
     let c = Config::from_str("{}", Format::Json).unwrap();
     let d = Config::embedded_default();
-    assert_eq!(c.listeners, d.listeners);
-    assert_eq!(c.timeouts, d.timeouts);
+    assert_eq!(c.boot.listeners, d.boot.listeners);
+    assert_eq!(c.live.timeouts, d.live.timeouts);
     assert_eq!(c.raw(), d.raw());
 }
 
 #[test]
 fn good_file_parses_every_field() {
     let c = Config::from_str(GOOD, Format::Yaml).unwrap();
-    assert_eq!(c.bypass_mark.map(NonZeroU32::get), Some(0x539));
-    assert_eq!(c.timeouts.connect, Duration::from_millis(250));
-    assert_eq!(c.timeouts.idle, Duration::from_secs(30));
-    assert_eq!(c.limits.max_connections_per_worker.get(), 100);
-    assert_eq!(c.copy, CopyMode::Splice);
-    assert_eq!(c.egress, EgressPolicy::Deny);
-    assert_eq!(c.services.len(), 2);
-    let web = &c.services[0];
+    assert_eq!(c.live.bypass_mark.map(NonZeroU32::get), Some(0x539));
+    assert_eq!(c.live.timeouts.connect, Duration::from_millis(250));
+    assert_eq!(c.live.timeouts.idle, Duration::from_secs(30));
+    assert_eq!(c.live.limits.max_connections_per_worker.get(), 100);
+    assert_eq!(c.live.copy, CopyMode::Splice);
+    assert_eq!(c.live.egress, EgressPolicy::Deny);
+    assert_eq!(c.live.services.len(), 2);
+    let web = &c.live.services[0];
     assert_eq!(web.endpoints[0].weight.get(), 3);
     assert_eq!(web.endpoints[1].weight.get(), 1);
     assert_eq!(
@@ -183,7 +183,7 @@ fn structural_errors_carry_their_path() {
 fn routes_by_original_destination() {
     let c = Config::from_str(GOOD, Format::Yaml).unwrap();
     let dst = |s: &str| OrigDst::new(s.parse().unwrap());
-    match c.route(dst("10.96.0.10:80")) {
+    match c.live.route(dst("10.96.0.10:80")) {
         Route::Service { index, service } => {
             assert_eq!(index, 0);
             assert_eq!(service.name, "web");
@@ -192,14 +192,14 @@ fn routes_by_original_destination() {
     }
     // The v6 virtual address of the same service, and a v4-mapped spelling of the v4 one.
     assert!(matches!(
-        c.route(dst("[fd00:96::10]:80")),
+        c.live.route(dst("[fd00:96::10]:80")),
         Route::Service { index: 0, .. }
     ));
     assert!(matches!(
-        c.route(dst("[::ffff:10.96.0.10]:80")),
+        c.live.route(dst("[::ffff:10.96.0.10]:80")),
         Route::Service { index: 0, .. }
     ));
-    match c.route(dst("10.200.2.2:5432")) {
+    match c.live.route(dst("10.200.2.2:5432")) {
         Route::Endpoint { service, endpoint } => {
             assert_eq!(service.name, "db");
             assert_eq!(endpoint.addr, "10.200.2.2:5432".parse().unwrap());
@@ -208,7 +208,7 @@ fn routes_by_original_destination() {
     }
     // Same IP, other port: not part of the mesh.
     assert!(matches!(
-        c.route(dst("10.96.0.10:81")),
+        c.live.route(dst("10.96.0.10:81")),
         Route::Egress(EgressPolicy::Deny)
     ));
 }
@@ -216,7 +216,7 @@ fn routes_by_original_destination() {
 #[test]
 fn service_pick_is_weighted_round_robin() {
     let c = Config::from_str(GOOD, Format::Yaml).unwrap();
-    let web = &c.services[0];
+    let web = &c.live.services[0];
     let picks: Vec<_> = (0..8).map(|t| web.pick(t).addr.port()).collect();
     assert_eq!(picks.len(), 8);
     let first = (0..4)
@@ -243,27 +243,29 @@ services:
     )
     .unwrap();
     assert_eq!(
-        c.identity,
+        c.boot.identity,
         IdentityConfig::WorkloadApi {
             socket: "/run/spire/agent.sock".into()
         }
     );
-    assert_eq!(c.inbound.mode_for(8080), InboundMode::Strict);
-    assert_eq!(c.inbound.mode_for(9090), InboundMode::Permissive);
-    assert_eq!(c.access.default, DefaultAccess::Deny);
-    assert_eq!(c.access.rules.len(), 1);
+    assert_eq!(c.live.inbound.mode_for(8080), InboundMode::Strict);
+    assert_eq!(c.live.inbound.mode_for(9090), InboundMode::Permissive);
+    assert_eq!(c.live.access.default, DefaultAccess::Deny);
+    assert_eq!(c.live.access.rules.len(), 1);
     let svc = c
+        .live
         .service_of_endpoint("10.200.1.2:8080".parse().unwrap())
         .unwrap();
     assert_eq!(svc.name, "web");
     assert!(
-        c.service_of_endpoint("10.200.1.2:8081".parse().unwrap())
+        c.live
+            .service_of_endpoint("10.200.1.2:8081".parse().unwrap())
             .is_none()
     );
     // JSON spells the port map with string keys.
     let json = r#"{"inbound": {"mode": "permissive", "ports": {"8443": "strict"}}}"#;
     let c = Config::from_str(json, Format::Json).unwrap();
-    assert_eq!(c.inbound.mode_for(8443), InboundMode::Strict);
+    assert_eq!(c.live.inbound.mode_for(8443), InboundMode::Strict);
 }
 
 #[test]
@@ -299,4 +301,166 @@ access:
         errs,
         ["identity.socket: required when identity.source is WorkloadApi"]
     );
+}
+
+#[test]
+fn tcp_options_parse_and_default() {
+    let d = Config::embedded_default();
+    let ka = d.live.tcp.keepalive.unwrap();
+    assert_eq!(ka.time, Duration::from_secs(30));
+    assert_eq!(ka.interval, Duration::from_secs(10));
+    assert_eq!(ka.probes, 3);
+    assert_eq!(d.live.tcp.user_timeout, Some(Duration::from_secs(60)));
+    let c = Config::from_str("tcp: { keepalive: false, user_timeout: off }", Format::Yaml).unwrap();
+    assert_eq!(c.live.tcp.keepalive, None);
+    assert_eq!(c.live.tcp.user_timeout, None);
+    let errs = errors(
+        "tcp: { keepalive_time: 1500ms, keepalive_interval: 10h, keepalive_probes: 0, user_timeout: 2d }",
+    );
+    let want = [
+        "tcp.keepalive_time: \"1500ms\" must be a whole number of seconds",
+        "tcp.keepalive_interval: \"10h\" is longer than the limit",
+        "tcp.keepalive_probes: must be between 1 and 127",
+        "tcp.user_timeout: \"2d\" is longer than the limit",
+    ];
+    for w in want {
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "missing {w:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+}
+
+#[test]
+fn every_duration_and_size_is_bounded() {
+    let errs = errors(
+        "timeouts: { connect: 1y, idle: 300000000000y, handshake: 11m, first_byte: 2m }\n\
+         limits: { max_connections_per_worker: 4000000000 }\nworkers: 0\n",
+    );
+    for field in [
+        "timeouts.connect:",
+        "timeouts.idle:",
+        "timeouts.handshake:",
+        "timeouts.first_byte:",
+        "limits.max_connections_per_worker:",
+        "workers:",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(field)),
+            "no {field} in {errs:#?}"
+        );
+    }
+    // The limits themselves validate.
+    let c = Config::from_str(
+        "timeouts: { connect: 10m, idle: 30d, handshake: 10m, first_byte: 1m }\nworkers: 1024\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(c.live.timeouts.idle, bounds::IDLE);
+    assert_eq!(c.boot.workers.map(NonZeroU32::get), Some(1024));
+}
+
+#[test]
+fn version_is_the_sources_number_or_a_content_digest() {
+    let numbered = Config::from_str("version: 42", Format::Yaml).unwrap();
+    assert_eq!(numbered.version, VersionId::Number(42));
+    assert_eq!(numbered.version.to_string(), "42");
+    let a = Config::from_str("egress: deny", Format::Yaml).unwrap();
+    let b = Config::from_str("{\"egress\": \"deny\"}", Format::Json).unwrap();
+    let c = Config::from_str("egress: allow", Format::Yaml).unwrap();
+    assert_eq!(a.version, b.version, "same content, same version");
+    assert_ne!(a.version, c.version);
+    assert!(a.version.to_string().starts_with("sha256:"));
+    assert_eq!(a.version.to_string().len(), "sha256:".len() + 12);
+    assert_eq!(
+        VersionId::Number(3).newer_than(VersionId::Number(2)),
+        Some(true)
+    );
+    assert_eq!(
+        VersionId::Number(2).newer_than(VersionId::Number(2)),
+        Some(false)
+    );
+    assert_eq!(a.version.newer_than(VersionId::Number(1)), None);
+}
+
+#[test]
+fn restart_only_fields_are_named() {
+    let a = Config::embedded_default();
+    let b = Config::from_str(
+        "listeners: { outbound: \"[::]:16001\" }\nadmin: \"127.0.0.1:16000\"\n\
+         identity: { source: workload_api, socket: /s }\nworkers: 3\negress: deny\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        a.boot.restart_fields(&b.boot),
+        ["listeners.outbound", "admin", "identity", "workers"]
+    );
+    assert!(a.boot.restart_fields(&a.boot).is_empty());
+    let boot = b.raw_boot();
+    let live = b.raw_live();
+    assert!(boot.get("listeners").is_some() && boot.get("egress").is_none());
+    assert!(live.get("egress").is_some() && live.get("admin").is_none());
+}
+
+mod extremes {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Durations as an operator might write them, from nothing to absurd.
+    fn duration_text() -> impl Strategy<Value = String> {
+        let units = prop::sample::select(vec!["ns", "us", "ms", "s", "m", "h", "d", "w", "M", "y"]);
+        prop_oneof![
+            (any::<u64>(), units.clone()).prop_map(|(n, u)| format!("{n}{u}")),
+            (0u64..100_000, units).prop_map(|(n, u)| format!("{n}{u}")),
+            Just("18446744073709551615s".to_string()),
+            Just("300000000000y".to_string()),
+            Just("off".to_string()),
+        ]
+    }
+
+    proptest! {
+        /// Whatever is written, validation either refuses it or yields values within bounds.
+        #[test]
+        fn validated_values_are_within_bounds(
+            connect in duration_text(),
+            idle in duration_text(),
+            handshake in duration_text(),
+            first_byte in duration_text(),
+            ka_time in duration_text(),
+            ka_intvl in duration_text(),
+            user_timeout in duration_text(),
+            probes in any::<u32>(),
+            max_conns in any::<u32>(),
+        ) {
+            let doc = serde_json::json!({
+                "timeouts": { "connect": connect, "idle": idle, "handshake": handshake,
+                              "first_byte": first_byte },
+                "tcp": { "keepalive_time": ka_time, "keepalive_interval": ka_intvl,
+                         "keepalive_probes": probes, "user_timeout": user_timeout },
+                "limits": { "max_connections_per_worker": max_conns },
+            });
+            if let Ok(c) = Config::from_str(&doc.to_string(), Format::Json) {
+                let t = c.live.timeouts;
+                prop_assert!(t.connect <= bounds::CONNECT && !t.connect.is_zero());
+                prop_assert!(t.idle <= bounds::IDLE && !t.idle.is_zero());
+                prop_assert!(t.handshake <= bounds::HANDSHAKE);
+                prop_assert!(t.first_byte <= bounds::FIRST_BYTE);
+                if let Some(k) = c.live.tcp.keepalive {
+                    prop_assert!(k.time <= bounds::KEEPALIVE && k.time.as_secs() >= 1);
+                    prop_assert!(k.interval <= bounds::KEEPALIVE);
+                    prop_assert!((1..=bounds::KEEPALIVE_PROBES).contains(&k.probes));
+                }
+                if let Some(u) = c.live.tcp.user_timeout {
+                    prop_assert!(u <= bounds::USER_TIMEOUT);
+                    prop_assert!(i32::try_from(u.as_millis()).is_ok());
+                }
+                prop_assert!(
+                    c.live.limits.max_connections_per_worker.get()
+                        <= bounds::MAX_CONNECTIONS_PER_WORKER
+                );
+            }
+        }
+    }
 }

@@ -74,7 +74,7 @@ pub fn options(driver: DriverChoice, workers: usize, orig_dst: impl OrigDstSourc
         signals: false,
         drain_timeout: Duration::from_secs(5),
         pin: false,
-        config_path: None,
+        ..ProxyOptions::default()
     }
 }
 
@@ -216,13 +216,44 @@ pub fn expect_closed(p: &Proxy, dir: Direction, outcome: Outcome, n: u64) {
     );
 }
 
-/// A series' value in the proxy's metrics, by its exact name and labels.
+/// A series' value in the proxy's metrics: `name` or `name{k="v",...}`, summed over every
+/// sample of that name whose labels include the given ones (so `workload` and other labels
+/// need not be spelled out). Panics if no sample matches.
 pub fn metric(p: &Proxy, series: &str) -> u64 {
-    let m = p.metrics();
-    m.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .map(|v| v.parse::<f64>().unwrap() as u64)
-        .unwrap_or_else(|| panic!("no {series} in\n{m}"))
+    metric_in(&p.metrics(), series)
+}
+
+/// [`metric`] over exposition text.
+pub fn metric_in(text: &str, series: &str) -> u64 {
+    let (name, want) = split_series(series);
+    let mut found = false;
+    let mut sum = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((s, v)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, labels) = split_series(s);
+        if n == name && want.iter().all(|w| labels.contains(w)) {
+            found = true;
+            sum += v.parse::<f64>().unwrap();
+        }
+    }
+    assert!(found, "no {series} in\n{text}");
+    sum as u64
+}
+
+/// `name{a="1",b="2"}` into the name and its `k="v"` pairs (values without commas).
+fn split_series(s: &str) -> (&str, Vec<&str>) {
+    match s.split_once('{') {
+        Some((name, rest)) => (
+            name,
+            rest.trim_end_matches('}')
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .collect(),
+        ),
+        None => (s, Vec::new()),
+    }
 }
 
 /// Sends `data` and half-closes while reading everything that comes back, so neither side's

@@ -254,13 +254,9 @@ impl ProxyProc {
             .run(|| super::http_get("127.0.0.1:15000".parse().unwrap(), "/metrics").1)
     }
 
-    /// A counter's value by its exact name and labels.
+    /// A series' value, as [`super::metric_in`] reads it.
     pub fn metric(&self, series: &str) -> u64 {
-        let m = self.metrics();
-        m.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in\n{m}"))
+        super::metric_in(&self.metrics(), series)
     }
 
     /// SIGTERM, then the exit status.

@@ -1,0 +1,310 @@
+//! The document as written: structure checked by serde (unknown fields and wrong types are
+//! refused, with their path), values kept as strings so that validation can report every bad
+//! one at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, CopyMode, EgressPolicy, Format, InboundMode};
+use crate::access::DefaultAccess;
+
+/// The whole document. Which fields need a restart and which are applied live is decided by
+/// [`super::BootConfig`] and [`super::LiveConfig`], not by the layout of the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The config's version as the source numbers it (a control plane, or whoever writes the
+    /// file). Without it the version is a digest of the content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default)]
+    pub listeners: RawListeners,
+    #[serde(default = "default_admin")]
+    pub admin: String,
+    /// Worker threads; without it (and without `--workers`) one per CPU the process may use,
+    /// within its cgroup's CPU quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// `SO_MARK` put on the proxy's upstream sockets so interception lets them pass; 0 turns
+    /// marking off (bypass by uid instead).
+    #[serde(default = "default_mark")]
+    pub bypass_mark: u32,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub tcp: RawTcp,
+    #[serde(default)]
+    pub copy: CopyMode,
+    #[serde(default)]
+    pub egress: EgressPolicy,
+    #[serde(default)]
+    pub services: Vec<RawService>,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
+    pub inbound: RawInbound,
+    #[serde(default)]
+    pub access: RawAccess,
+}
+
+/// Where the proxy's own SVID and trust bundles come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySourceKind {
+    /// No identity: meshed (mTLS) connections are refused, plaintext works.
+    #[default]
+    None,
+    /// The SPIFFE Workload API (a SPIRE agent, or `meshctl identity serve`).
+    WorkloadApi,
+    /// PEM files, re-read when they change.
+    Files,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    #[serde(default)]
+    pub source: IdentitySourceKind,
+    /// `workload_api`: the agent's unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// `files`: the SVID chain (leaf first), its key, and the trust bundle, all PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInbound {
+    #[serde(default)]
+    pub mode: InboundMode,
+    /// Per-port overrides of `mode`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<u16, InboundMode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    #[serde(default)]
+    pub default: DefaultAccess,
+    #[serde(default)]
+    pub rules: Vec<RawAccessRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessRule {
+    pub destination: RawDestination,
+    /// SPIFFE IDs allowed to connect.
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListeners {
+    #[serde(default = "default_outbound")]
+    pub outbound: String,
+    #[serde(default = "default_inbound")]
+    pub inbound: String,
+}
+
+impl Default for RawListeners {
+    fn default() -> Self {
+        Self {
+            outbound: default_outbound(),
+            inbound: default_inbound(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Upstream connect timeout, e.g. `1s`, `250ms`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect: String,
+    /// A connection that moves no byte either way for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle: String,
+    /// A TLS handshake between proxies must finish within this.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake: String,
+    /// Protocol detection on inbound connections: how long a peer may take to send its first
+    /// byte (a silent peer is taken to speak a server-first protocol) and, once it has begun
+    /// a TLS ClientHello, to finish it.
+    #[serde(default = "default_first_byte_timeout")]
+    pub first_byte: String,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: default_connect_timeout(),
+            idle: default_idle_timeout(),
+            handshake: default_handshake_timeout(),
+            first_byte: default_first_byte_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Connections one worker holds at once; more are refused with a reset.
+    #[serde(default = "default_max_conns")]
+    pub max_connections_per_worker: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections_per_worker: default_max_conns(),
+        }
+    }
+}
+
+/// TCP options on both sides of every proxied connection, so a peer that vanished (a pod
+/// deleted, a node gone) does not hold a connection until the idle timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcp {
+    /// Send keepalive probes on idle connections.
+    #[serde(default = "default_true")]
+    pub keepalive: bool,
+    /// Idle time before the first probe (whole seconds).
+    #[serde(default = "default_keepalive_time")]
+    pub keepalive_time: String,
+    /// Time between probes (whole seconds).
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval: String,
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default = "default_keepalive_probes")]
+    pub keepalive_probes: u32,
+    /// `TCP_USER_TIMEOUT`: sent data unacknowledged for this long drops the connection;
+    /// `off` leaves the kernel's default (about 15 minutes of retransmissions).
+    #[serde(default = "default_user_timeout")]
+    pub user_timeout: String,
+}
+
+impl Default for RawTcp {
+    fn default() -> Self {
+        Self {
+            keepalive: true,
+            keepalive_time: default_keepalive_time(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_probes: default_keepalive_probes(),
+            user_timeout: default_user_timeout(),
+        }
+    }
+}
+
+/// A mesh service: virtual addresses clients dial, and the endpoints behind them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: String,
+    /// Virtual `IP:port` addresses (a cluster IP and port).
+    pub addrs: Vec<String>,
+    pub endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    pub addr: String,
+    /// The SPIFFE ID the endpoint's proxy must present; with one, the endpoint is reached
+    /// over mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_admin() -> String {
+    "127.0.0.1:15000".into()
+}
+fn default_mark() -> u32 {
+    1337
+}
+fn default_outbound() -> String {
+    "[::]:15001".into()
+}
+fn default_inbound() -> String {
+    "[::]:15006".into()
+}
+fn default_connect_timeout() -> String {
+    "1s".into()
+}
+fn default_idle_timeout() -> String {
+    "1h".into()
+}
+fn default_handshake_timeout() -> String {
+    "5s".into()
+}
+fn default_first_byte_timeout() -> String {
+    "1s".into()
+}
+fn default_max_conns() -> u32 {
+    8192
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_keepalive_time() -> String {
+    "30s".into()
+}
+fn default_keepalive_interval() -> String {
+    "10s".into()
+}
+fn default_keepalive_probes() -> u32 {
+    3
+}
+fn default_user_timeout() -> String {
+    "60s".into()
+}
+
+impl RawConfig {
+    /// Parses a document; structural errors (syntax, unknown fields, wrong types) come back
+    /// with the path where they were found.
+    pub fn parse(text: &str, format: Format) -> Result<Self, ConfigError> {
+        fn path_err<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> ConfigError {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::new(path, e.into_inner().to_string())
+        }
+        match format {
+            Format::Json => {
+                let de = &mut serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de).map_err(path_err)
+            }
+            Format::Yaml => {
+                if text.trim().is_empty() {
+                    return Err(ConfigError::new("", "the document is empty"));
+                }
+                let de = serde_yaml::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de).map_err(path_err)
+            }
+        }
+    }
+}

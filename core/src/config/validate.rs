@@ -1,0 +1,527 @@
+//! From the raw document to a [`Config`]: every value checked, every error reported with its
+//! path, and every duration and size held within [`bounds`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{IdentitySourceKind, RawAccess, RawConfig, RawIdentity, RawService, RawTcp};
+use super::{
+    BootConfig, Config, ConfigError, Endpoint, IdentityConfig, InboundPolicy, Keepalive, Limits,
+    Listeners, LiveConfig, Service, TcpOptions, Timeouts, VersionId,
+};
+use crate::access::{AccessPolicy, Rule as AccessRule};
+use crate::addr::canonical;
+use crate::lb::WeightedRoundRobin;
+use crate::spiffe::SpiffeId;
+
+/// The largest values that validate. Each is far beyond any sensible setting and far below
+/// where deadline arithmetic (`Instant + Duration`), timer wheels or socket options
+/// (`TCP_KEEPIDLE` takes at most 32767 s, `TCP_USER_TIMEOUT` an `int` of milliseconds) would
+/// overflow, so no value that validates can crash a worker.
+pub mod bounds {
+    use std::time::Duration;
+
+    pub const CONNECT: Duration = Duration::from_secs(10 * 60);
+    pub const IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
+    pub const HANDSHAKE: Duration = Duration::from_secs(10 * 60);
+    pub const FIRST_BYTE: Duration = Duration::from_secs(60);
+    /// `TCP_KEEPIDLE` and `TCP_KEEPINTVL` (Linux's `MAX_TCP_KEEPIDLE`).
+    pub const KEEPALIVE: Duration = Duration::from_secs(32767);
+    /// `TCP_KEEPCNT` (Linux's `MAX_TCP_KEEPCNT`).
+    pub const KEEPALIVE_PROBES: u32 = 127;
+    pub const USER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+    pub const MAX_CONNECTIONS_PER_WORKER: u32 = 1_000_000;
+    pub const WORKERS: u32 = 1024;
+    /// Services and endpoints in one config.
+    pub const SERVICES: usize = 100_000;
+    pub const ENDPOINTS_PER_SERVICE: usize = 100_000;
+    /// Access rules, and sources in one rule.
+    pub const ACCESS_RULES: usize = 10_000;
+    pub const RULE_SOURCES: usize = 10_000;
+}
+
+fn parse_addr(s: &str, path: &str, errs: &mut Vec<ConfigError>) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(canonical(a)),
+        Err(_) => {
+            errs.push(ConfigError::new(
+                path,
+                format!(
+                    "invalid socket address {s:?} (want IP:port, e.g. 10.0.0.1:80 or [fd00::1]:80)"
+                ),
+            ));
+            None
+        }
+    }
+}
+
+/// A duration in `(0, max]`.
+fn parse_duration(
+    s: &str,
+    path: &str,
+    max: Duration,
+    errs: &mut Vec<ConfigError>,
+) -> Option<Duration> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => {
+            errs.push(ConfigError::new(path, "must be longer than zero"));
+            None
+        }
+        Ok(d) if d > max => {
+            errs.push(ConfigError::new(
+                path,
+                format!(
+                    "{s:?} is longer than the limit of {}",
+                    humantime::format_duration(max)
+                ),
+            ));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            errs.push(ConfigError::new(
+                path,
+                format!("invalid duration {s:?}: {e} (e.g. 1s, 250ms, 1h)"),
+            ));
+            None
+        }
+    }
+}
+
+/// A duration of whole seconds in `[1s, max]` (the unit of the keepalive socket options).
+fn parse_seconds(
+    s: &str,
+    path: &str,
+    max: Duration,
+    errs: &mut Vec<ConfigError>,
+) -> Option<Duration> {
+    let d = parse_duration(s, path, max, errs)?;
+    if d.subsec_nanos() != 0 {
+        errs.push(ConfigError::new(
+            path,
+            format!("{s:?} must be a whole number of seconds"),
+        ));
+        return None;
+    }
+    Some(d)
+}
+
+impl RawConfig {
+    /// Checks every value and builds the immutable [`Config`], or returns every error found.
+    pub fn validate(self) -> Result<Config, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let outbound = parse_addr(&self.listeners.outbound, "listeners.outbound", &mut errs);
+        let inbound = parse_addr(&self.listeners.inbound, "listeners.inbound", &mut errs);
+        if let (Some(o), Some(i)) = (outbound, inbound)
+            && o.port() == i.port()
+            && o.port() != 0
+        {
+            errs.push(ConfigError::new(
+                "listeners.inbound",
+                format!("port {} is also the outbound listener's port", i.port()),
+            ));
+        }
+        let admin = parse_addr(&self.admin, "admin", &mut errs);
+        let workers = match self.workers {
+            None => None,
+            Some(n) if (1..=bounds::WORKERS).contains(&n) => NonZeroU32::new(n),
+            Some(n) => {
+                errs.push(ConfigError::new(
+                    "workers",
+                    format!("{n} is not between 1 and {}", bounds::WORKERS),
+                ));
+                None
+            }
+        };
+        let t = &self.timeouts;
+        let connect = parse_duration(&t.connect, "timeouts.connect", bounds::CONNECT, &mut errs);
+        let idle = parse_duration(&t.idle, "timeouts.idle", bounds::IDLE, &mut errs);
+        let handshake = parse_duration(
+            &t.handshake,
+            "timeouts.handshake",
+            bounds::HANDSHAKE,
+            &mut errs,
+        );
+        let first_byte = parse_duration(
+            &t.first_byte,
+            "timeouts.first_byte",
+            bounds::FIRST_BYTE,
+            &mut errs,
+        );
+        let max_conns = match self.limits.max_connections_per_worker {
+            0 => {
+                errs.push(ConfigError::new(
+                    "limits.max_connections_per_worker",
+                    "must be at least 1",
+                ));
+                None
+            }
+            n if n > bounds::MAX_CONNECTIONS_PER_WORKER => {
+                errs.push(ConfigError::new(
+                    "limits.max_connections_per_worker",
+                    format!(
+                        "{n} is above the limit of {}",
+                        bounds::MAX_CONNECTIONS_PER_WORKER
+                    ),
+                ));
+                None
+            }
+            n => NonZeroU32::new(n),
+        };
+        let tcp = validate_tcp(&self.tcp, &mut errs);
+
+        if self.services.len() > bounds::SERVICES {
+            errs.push(ConfigError::new(
+                "services",
+                format!(
+                    "{} services; at most {} fit one config",
+                    self.services.len(),
+                    bounds::SERVICES
+                ),
+            ));
+        }
+        // Indexes into `services` equal raw indexes only when every service is valid, which
+        // is the only case in which a Config is built; messages use the raw index.
+        let mut services = Vec::with_capacity(self.services.len());
+        let mut raw_index = Vec::with_capacity(self.services.len());
+        let mut by_vip: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (si, raw) in self.services.iter().enumerate() {
+            let p = format!("services[{si}]");
+            if let Some(svc) = validate_service(raw, &p, &mut errs) {
+                if let Some(first) = names.insert(&raw.name, si) {
+                    errs.push(ConfigError::new(
+                        format!("{p}.name"),
+                        format!(
+                            "duplicate service name {:?} (also services[{first}])",
+                            raw.name
+                        ),
+                    ));
+                }
+                for (ai, vip) in svc.addrs.iter().enumerate() {
+                    if let Some(other) = by_vip.get(vip) {
+                        errs.push(ConfigError::new(
+                            format!("{p}.addrs[{ai}]"),
+                            format!("{vip} is already an address of services[{other}]"),
+                        ));
+                    } else {
+                        by_vip.insert(*vip, si);
+                    }
+                }
+                services.push(svc);
+                raw_index.push(si);
+            }
+        }
+        let mut by_endpoint = HashMap::new();
+        for (si, svc) in services.iter().enumerate() {
+            for (ei, ep) in svc.endpoints.iter().enumerate() {
+                if let Some(other) = by_vip.get(&ep.addr) {
+                    errs.push(ConfigError::new(
+                        format!("services[{}].endpoints[{ei}].addr", raw_index[si]),
+                        format!("{} is a virtual address of services[{other}]", ep.addr),
+                    ));
+                }
+                by_endpoint.entry(ep.addr).or_insert((si, ei));
+            }
+        }
+
+        let identity = validate_identity(&self.identity, &mut errs);
+        let access = validate_access(&self.access, &self.services, &mut errs);
+        let inbound_policy = InboundPolicy {
+            default: self.inbound.mode,
+            ports: self.inbound.ports.clone(),
+        };
+        if self.inbound.ports.contains_key(&0) {
+            errs.push(ConfigError::new("inbound.ports", "port 0 is not a port"));
+        }
+
+        let timeouts = match (connect, idle, handshake, first_byte) {
+            (Some(connect), Some(idle), Some(handshake), Some(first_byte)) => Some(Timeouts {
+                connect,
+                idle,
+                handshake,
+                first_byte,
+            }),
+            _ => None,
+        };
+        match (outbound, inbound, admin, timeouts, max_conns, tcp) {
+            (Some(outbound), Some(inbound), Some(admin), Some(timeouts), Some(max), Some(tcp))
+                if errs.is_empty() =>
+            {
+                // Services were validated one by one; a valid config has all of them, so the
+                // vip index (raw positions) is also an index into `services`.
+                Ok(Config {
+                    version: VersionId::of(&self),
+                    boot: BootConfig {
+                        listeners: Listeners { outbound, inbound },
+                        admin,
+                        identity,
+                        workers,
+                    },
+                    live: LiveConfig {
+                        bypass_mark: NonZeroU32::new(self.bypass_mark),
+                        timeouts,
+                        limits: Limits {
+                            max_connections_per_worker: max,
+                        },
+                        tcp,
+                        copy: self.copy,
+                        egress: self.egress,
+                        services,
+                        inbound: inbound_policy,
+                        access,
+                        by_vip,
+                        by_endpoint,
+                    },
+                    raw: self,
+                })
+            }
+            _ => Err(errs),
+        }
+    }
+}
+
+fn validate_tcp(raw: &RawTcp, errs: &mut Vec<ConfigError>) -> Option<TcpOptions> {
+    let time = parse_seconds(
+        &raw.keepalive_time,
+        "tcp.keepalive_time",
+        bounds::KEEPALIVE,
+        errs,
+    );
+    let interval = parse_seconds(
+        &raw.keepalive_interval,
+        "tcp.keepalive_interval",
+        bounds::KEEPALIVE,
+        errs,
+    );
+    let probes_ok = (1..=bounds::KEEPALIVE_PROBES).contains(&raw.keepalive_probes);
+    if !probes_ok {
+        errs.push(ConfigError::new(
+            "tcp.keepalive_probes",
+            format!("must be between 1 and {}", bounds::KEEPALIVE_PROBES),
+        ));
+    }
+    let user_timeout = if raw.user_timeout == "off" {
+        Some(None)
+    } else {
+        parse_duration(
+            &raw.user_timeout,
+            "tcp.user_timeout",
+            bounds::USER_TIMEOUT,
+            errs,
+        )
+        .map(Some)
+    };
+    let (time, interval, user_timeout) = (time?, interval?, user_timeout?);
+    probes_ok.then_some(TcpOptions {
+        keepalive: raw.keepalive.then_some(Keepalive {
+            time,
+            interval,
+            probes: raw.keepalive_probes,
+        }),
+        user_timeout,
+    })
+}
+
+fn validate_identity(raw: &RawIdentity, errs: &mut Vec<ConfigError>) -> IdentityConfig {
+    let mut need = |field: &str, v: &Option<String>| match v.as_deref() {
+        Some(s) if !s.is_empty() => PathBuf::from(s),
+        _ => {
+            errs.push(ConfigError::new(
+                format!("identity.{field}"),
+                format!("required when identity.source is {:?}", raw.source),
+            ));
+            PathBuf::new()
+        }
+    };
+    match raw.source {
+        IdentitySourceKind::None => IdentityConfig::None,
+        IdentitySourceKind::WorkloadApi => IdentityConfig::WorkloadApi {
+            socket: need("socket", &raw.socket),
+        },
+        IdentitySourceKind::Files => IdentityConfig::Files {
+            cert: need("cert", &raw.cert),
+            key: need("key", &raw.key),
+            bundle: need("bundle", &raw.bundle),
+        },
+    }
+}
+
+fn validate_access(
+    raw: &RawAccess,
+    services: &[RawService],
+    errs: &mut Vec<ConfigError>,
+) -> AccessPolicy {
+    if raw.rules.len() > bounds::ACCESS_RULES {
+        errs.push(ConfigError::new(
+            "access.rules",
+            format!(
+                "{} rules; at most {} fit one config",
+                raw.rules.len(),
+                bounds::ACCESS_RULES
+            ),
+        ));
+    }
+    let mut rules = Vec::with_capacity(raw.rules.len());
+    for (ri, r) in raw.rules.iter().enumerate() {
+        let p = format!("access.rules[{ri}]");
+        if let Some(svc) = &r.destination.service
+            && !services.iter().any(|s| &s.name == svc)
+        {
+            errs.push(ConfigError::new(
+                format!("{p}.destination.service"),
+                format!("unknown service {svc:?} (not in services)"),
+            ));
+        }
+        if r.destination.port == Some(0) {
+            errs.push(ConfigError::new(
+                format!("{p}.destination.port"),
+                "port 0 is not a port",
+            ));
+        }
+        if r.sources.is_empty() {
+            errs.push(ConfigError::new(
+                format!("{p}.sources"),
+                "a rule needs at least one source (to refuse everyone, use default: deny)",
+            ));
+        }
+        if r.sources.len() > bounds::RULE_SOURCES {
+            errs.push(ConfigError::new(
+                format!("{p}.sources"),
+                format!("more than {} sources", bounds::RULE_SOURCES),
+            ));
+        }
+        let mut sources = BTreeSet::new();
+        for (si, src) in r.sources.iter().enumerate() {
+            match SpiffeId::parse(src) {
+                Ok(id) => {
+                    sources.insert(id);
+                }
+                Err(e) => errs.push(ConfigError::new(
+                    format!("{p}.sources[{si}]"),
+                    format!("invalid SPIFFE ID {src:?}: {e}"),
+                )),
+            }
+        }
+        rules.push(AccessRule {
+            service: r.destination.service.clone(),
+            port: r.destination.port,
+            sources,
+        });
+    }
+    AccessPolicy {
+        default: raw.default,
+        rules,
+    }
+}
+
+fn validate_service(raw: &RawService, p: &str, errs: &mut Vec<ConfigError>) -> Option<Service> {
+    let before = errs.len();
+    if raw.name.is_empty()
+        || raw.name.len() > 253
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        errs.push(ConfigError::new(
+            format!("{p}.name"),
+            format!(
+                "invalid service name {:?} (1 to 253 letters, digits, '-', '.', '_')",
+                raw.name
+            ),
+        ));
+    }
+    if raw.addrs.is_empty() {
+        errs.push(ConfigError::new(
+            format!("{p}.addrs"),
+            "a service needs at least one address",
+        ));
+    }
+    let mut addrs = Vec::new();
+    for (ai, a) in raw.addrs.iter().enumerate() {
+        let path = format!("{p}.addrs[{ai}]");
+        if let Some(addr) = parse_addr(a, &path, errs) {
+            if addr.port() == 0 {
+                errs.push(ConfigError::new(path, "port 0 cannot be dialled"));
+            } else if addrs.contains(&addr) {
+                errs.push(ConfigError::new(path, format!("{addr} is listed twice")));
+            } else {
+                addrs.push(addr);
+            }
+        }
+    }
+    if raw.endpoints.is_empty() {
+        errs.push(ConfigError::new(
+            format!("{p}.endpoints"),
+            "a service needs at least one endpoint",
+        ));
+    }
+    if raw.endpoints.len() > bounds::ENDPOINTS_PER_SERVICE {
+        errs.push(ConfigError::new(
+            format!("{p}.endpoints"),
+            format!("more than {} endpoints", bounds::ENDPOINTS_PER_SERVICE),
+        ));
+        return None;
+    }
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (ei, e) in raw.endpoints.iter().enumerate() {
+        let ep = format!("{p}.endpoints[{ei}]");
+        let addr = parse_addr(&e.addr, &format!("{ep}.addr"), errs);
+        if let Some(a) = addr {
+            if a.port() == 0 || a.ip().is_unspecified() {
+                errs.push(ConfigError::new(
+                    format!("{ep}.addr"),
+                    format!("{a} cannot be dialled"),
+                ));
+            } else if !seen.insert(a) {
+                errs.push(ConfigError::new(
+                    format!("{ep}.addr"),
+                    format!("{a} is listed twice"),
+                ));
+            }
+        }
+        let weight = NonZeroU32::new(e.weight);
+        if weight.is_none() {
+            errs.push(ConfigError::new(
+                format!("{ep}.weight"),
+                "must be at least 1",
+            ));
+        }
+        let identity = match e.identity.as_deref().map(SpiffeId::parse) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            Some(Err(err)) => {
+                errs.push(ConfigError::new(
+                    format!("{ep}.identity"),
+                    format!(
+                        "invalid SPIFFE ID {:?}: {err}",
+                        e.identity.as_deref().unwrap_or("")
+                    ),
+                ));
+                None
+            }
+        };
+        if let (Some(addr), Some(weight)) = (addr, weight) {
+            endpoints.push(Endpoint {
+                addr,
+                identity,
+                weight,
+            });
+        }
+    }
+    if errs.len() > before {
+        return None;
+    }
+    let lb = WeightedRoundRobin::new(endpoints.iter().map(|e| e.weight));
+    Some(Service {
+        name: raw.name.clone(),
+        addrs,
+        endpoints,
+        lb,
+    })
+}

@@ -1,0 +1,161 @@
+//! What every connection task on a worker reaches through an `Rc`: the shared state, the
+//! worker's pools, signals and timers, and the per-connection record that counts each
+//! connection exactly once. Both pipelines depend on this module; it depends on neither.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringmesh_core::metrics::{Direction, Outcome, WorkerShard, WorkerStats};
+
+use crate::copy::Pools;
+use crate::idle::IdleTracker;
+use crate::orig_dst::OrigDstSource;
+use crate::signal::LocalSignal;
+use crate::state::Shared;
+use crate::tls::ClientConfigs;
+use crate::workload::Workload;
+
+pub(crate) struct WorkerCtx {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub orig_dst: Arc<dyn OrigDstSource>,
+    pub pools: Pools,
+    /// Round-robin turn per service, reset when the config changes.
+    turns: RefCell<(u64, Vec<u64>)>,
+    /// Fired when the drain begins: accept loops stop.
+    pub draining: LocalSignal,
+    /// Fired at the drain deadline: connections are reset.
+    pub closing: LocalSignal,
+    /// Every connection's activity, swept for idle timeouts.
+    pub idle: IdleTracker,
+    /// mTLS client configurations by (workload, expected peer).
+    pub tls: ClientConfigs,
+    /// Failure log lines, rate-limited per reason.
+    pub log: LogLimiter,
+}
+
+impl WorkerCtx {
+    pub fn new(id: usize, shared: Arc<Shared>, orig_dst: Arc<dyn OrigDstSource>) -> Self {
+        Self {
+            id,
+            shared,
+            orig_dst,
+            pools: Pools::default(),
+            turns: RefCell::new((0, Vec::new())),
+            draining: LocalSignal::default(),
+            closing: LocalSignal::default(),
+            idle: IdleTracker::default(),
+            tls: ClientConfigs::default(),
+            log: LogLimiter::new(),
+        }
+    }
+
+    /// This worker's shard of `workload`'s metrics.
+    pub fn shard<'a>(&self, workload: &'a Workload) -> &'a WorkerShard {
+        &workload.shards[self.id]
+    }
+
+    /// This worker's own stats (heartbeat, log limiter tally).
+    pub fn stats(&self) -> &WorkerStats {
+        &self.shared.workers[self.id]
+    }
+
+    /// The next round-robin turn for service `index` of config `generation`.
+    pub fn next_turn(&self, generation: u64, index: usize) -> u64 {
+        let mut turns = self.turns.borrow_mut();
+        if turns.0 != generation {
+            *turns = (generation, Vec::new());
+        }
+        if turns.1.len() <= index {
+            // Start each worker at a different place so N workers do not all pick endpoint 0.
+            let start = self.id as u64;
+            turns.1.resize(index + 1, start);
+        }
+        let t = turns.1[index];
+        turns.1[index] = t.wrapping_add(1);
+        t
+    }
+}
+
+/// Counts a connection as opened, and as closed exactly once: by [`finish`](Self::finish),
+/// or, if the task is dropped first, as an internal error.
+pub(crate) struct ConnRecord<'a> {
+    shard: &'a WorkerShard,
+    dir: Direction,
+    start: Instant,
+    done: bool,
+}
+
+impl<'a> ConnRecord<'a> {
+    pub fn open(shard: &'a WorkerShard, dir: Direction) -> Self {
+        shard.opened(dir);
+        Self {
+            shard,
+            dir,
+            start: Instant::now(),
+            done: false,
+        }
+    }
+
+    pub fn finish(mut self, outcome: Outcome) {
+        self.done = true;
+        self.shard.closed(self.dir, outcome, self.start.elapsed());
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+impl Drop for ConnRecord<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shard
+                .closed(self.dir, Outcome::InternalError, self.start.elapsed());
+        }
+    }
+}
+
+/// Failure lines one worker writes per reason per second; the rest are counted, and the
+/// next line written says how many were left out. A port scan or a dead upstream then costs
+/// a few lines a second, not one per connection.
+pub(crate) const LOG_LINES_PER_SECOND: u32 = 10;
+
+/// A per-worker, per-outcome token window. No lock: it never leaves its worker.
+pub(crate) struct LogLimiter {
+    epoch: Instant,
+    /// Per outcome: (window start in seconds since `epoch`, lines written in it, lines
+    /// suppressed since the last one written).
+    slots: [Cell<(u64, u32, u64)>; Outcome::COUNT],
+}
+
+impl LogLimiter {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            slots: std::array::from_fn(|_| Cell::new((0, 0, 0))),
+        }
+    }
+
+    /// Whether a line for `outcome` may be written now: `Some(n)` with the lines suppressed
+    /// since the last one, or `None` (counted in `stats`) when over the rate.
+    pub fn admit(&self, outcome: Outcome, stats: &WorkerStats) -> Option<u64> {
+        let slot = &self.slots[Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)];
+        let now = self.epoch.elapsed().as_secs();
+        let (window, written, suppressed) = slot.get();
+        let (window, written) = if window == now {
+            (window, written)
+        } else {
+            (now, 0)
+        };
+        if written < LOG_LINES_PER_SECOND {
+            slot.set((window, written + 1, 0));
+            Some(suppressed)
+        } else {
+            slot.set((window, written, suppressed + 1));
+            stats.log_suppressed(outcome, 1);
+            None
+        }
+    }
+}
