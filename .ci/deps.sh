@@ -9,8 +9,10 @@ packages=(
   nftables     # nft backend
   util-linux   # setpriv (proxy as an unprivileged uid), prlimit
   procps
-  curl         # the demo's client
+  curl         # the demo's client; a real HTTPS client in the detection tests
+  openssl      # s_server / s_client: an app's own TLS in the detection tests
   python3      # the demo's app server
+  python3-seccomp  # denies io_uring to a child process (the epoll fallback test)
   tcpdump      # packet captures in end-to-end tests
 )
 missing=()
@@ -29,3 +31,17 @@ fi
 for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
+
+# promtool (Prometheus's own exposition checker) from Debian's prometheus package, unpacked
+# into .tools/ rather than installed, so no Prometheus service is set up on this machine.
+tools="$(cd "$(dirname "$0")/.." && pwd)/.tools"
+if [[ ! -x "$tools/bin/promtool" ]]; then
+  echo "deps: unpacking promtool into $tools"
+  scratch=$(mktemp -d)
+  trap 'rm -rf "$scratch"' EXIT
+  (cd "$scratch" && apt-get download -qq prometheus 2>/dev/null) ||
+    { apt-get update -qq && (cd "$scratch" && apt-get download -qq prometheus); }
+  dpkg-deb -x "$scratch"/prometheus_*.deb "$scratch/x"
+  mkdir -p "$tools/bin"
+  cp "$scratch/x/usr/bin/promtool" "$tools/bin/promtool"
+fi

@@ -25,6 +25,9 @@ both_drivers!(
     strict_refuses_plaintext_permissive_passes_it,
     outbound_refuses_the_wrong_server_identity,
     files_identity_is_reread_and_a_bad_file_changes_nothing,
+    fin_without_close_notify_resets_the_client,
+    handshake_timeouts_both_ways,
+    no_session_tickets,
 );
 
 fn server_proxy(driver: DriverChoice, ids: &Identities, app: SocketAddr, extra: &str) -> Proxy {
@@ -464,9 +467,14 @@ fn outbound_refuses_the_wrong_server_identity(driver: DriverChoice) {
     let _ = c.write_all(b"for someone else");
     assert!(read_end(&mut c).map(|b| b.is_empty()).unwrap_or(true));
     expect_closed(&cp, Direction::Outbound, Outcome::IdentityMismatch, 1);
-    // The server proxy accepted our (valid) SVID and may have dialled the app, but the client
-    // proxy refused the server before sending anything: not a byte reached the app.
-    thread::sleep(Duration::from_millis(200));
+    // The identity is checked inside the handshake: the client proxy aborted it, so the
+    // server proxy's handshake failed and it never dialled its app.
+    expect_closed(&sp, Direction::Inbound, Outcome::TlsError, 1);
+    assert_eq!(
+        app.accepted.load(Ordering::SeqCst),
+        0,
+        "the far app saw no connection"
+    );
     assert_eq!(
         received.load(Ordering::SeqCst),
         0,
@@ -546,4 +554,130 @@ fn files_identity_is_reread_and_a_bad_file_changes_nothing(driver: DriverChoice)
     assert_eq!(serial(), second);
     let mut c2 = connect(cp.outbound_addr());
     roundtrip(&mut c2, b"after a bad file");
+}
+
+/// A peer proxy impostor with a valid SVID for `SERVER_ID`, scripted by `script`: the real
+/// server side of a mesh handshake, then whatever the script does with the stream.
+fn fake_server_proxy(
+    ids: &Identities,
+    script: impl Fn(rustls::StreamOwned<rustls::ServerConnection, TcpStream>) + Send + Sync + 'static,
+) -> SocketAddr {
+    let (chain, key) = ids.mint(SERVER_ID, Duration::from_secs(600));
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"ringmesh".to_vec()];
+    let cfg = Arc::new(cfg);
+    let script = Arc::new(script);
+    let srv = server(move |s| {
+        let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+        script(rustls::StreamOwned::new(conn, s));
+    });
+    srv.addr
+}
+
+fn fin_without_close_notify_resets_the_client(driver: DriverChoice) {
+    let ids = Identities::start(Duration::from_secs(3600));
+    // Reads the request, sends half a response, then ends the TCP stream with a FIN and no
+    // close_notify: what an attacker who injects a FIN mid-response produces.
+    let peer = fake_server_proxy(&ids, |mut tls| {
+        let mut req = [0u8; 7];
+        tls.read_exact(&mut req).unwrap();
+        tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+            .unwrap();
+        tls.flush().unwrap();
+        tls.sock.shutdown(Shutdown::Write).unwrap();
+        thread::sleep(Duration::from_secs(2));
+    });
+    let cp = client_proxy(driver, &ids, peer, SERVER_ID);
+    let mut c = connect(cp.outbound_addr());
+    c.write_all(b"GET / \n").unwrap();
+    let mut got = Vec::new();
+    let err = loop {
+        let mut buf = [0u8; 1024];
+        match c.read(&mut buf) {
+            Ok(0) => panic!(
+                "a clean end of stream after {:?}: the truncation was hidden",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert!(is_reset(&err), "{err}");
+    assert!(
+        got.ends_with(b"half"),
+        "the bytes before the FIN arrive: {got:?}"
+    );
+    expect_closed(&cp, Direction::Outbound, Outcome::UpstreamError, 1);
+}
+
+fn handshake_timeouts_both_ways(driver: DriverChoice) {
+    let ids = Identities::start(Duration::from_secs(3600));
+    // Outbound: the peer accepts TCP and never answers the ClientHello.
+    let silent = server(|s| {
+        thread::sleep(Duration::from_secs(5));
+        drop(s);
+    });
+    let cfg = config(&format!(
+        "identity: {{ source: workload_api, socket: \"{}\" }}\ntimeouts: {{ handshake: 300ms }}\nservices: [{{ name: web, addrs: [\"10.96.0.10:80\"], endpoints: [{{ addr: \"{}\", identity: \"{SERVER_ID}\" }}] }}]",
+        ids.socket("client").display(),
+        silent.addr
+    ));
+    let cp = start(driver, cfg, fixed("10.96.0.10:80".parse().unwrap()));
+    let t0 = Instant::now();
+    let mut c = connect(cp.outbound_addr());
+    let _ = c.write_all(b"x");
+    let _ = read_end(&mut c);
+    expect_closed(&cp, Direction::Outbound, Outcome::TlsError, 1);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(
+        metric(
+            &cp,
+            "ringmesh_tls_handshakes_total{direction=\"outbound\",result=\"failed\"}"
+        ),
+        1
+    );
+
+    // Inbound: a client sends a mesh ClientHello, then nothing.
+    let app = echo_server();
+    let sp = server_proxy(driver, &ids, app.addr, "timeouts: { handshake: 300ms }");
+    let (mut tls, _) = mesh::tls_client(
+        sp.inbound_addr(),
+        Some(ids.mint(CLIENT_ID, Duration::from_secs(60))),
+    );
+    let mut hello = Vec::new();
+    tls.conn.write_tls(&mut hello).unwrap();
+    tls.sock.write_all(&hello).unwrap();
+    let t0 = Instant::now();
+    expect_closed(&sp, Direction::Inbound, Outcome::TlsError, 1);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 0);
+}
+
+fn no_session_tickets(driver: DriverChoice) {
+    let ids = Identities::start(Duration::from_secs(3600));
+    let app = echo_server();
+    let sp = server_proxy(driver, &ids, app.addr, "");
+    let (mut tls, _) = mesh::tls_client(
+        sp.inbound_addr(),
+        Some(ids.mint(CLIENT_ID, Duration::from_secs(60))),
+    );
+    tls.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    tls.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+    // Tickets arrive after the handshake, before application data: by now they would have.
+    assert_eq!(
+        tls.conn.tls13_tickets_received(),
+        0,
+        "the server minted session tickets"
+    );
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
 }
