@@ -5,7 +5,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-bin=${BIN:-$root/target/release}
+# shellcheck source=target-dir.sh
+source "$here/target-dir.sh"
+bin=${BIN:-$target_dir/release}
 work=$(mktemp -d /tmp/ringmesh-demo.XXXXXX)
 chmod 755 "$work"
 # shellcheck source=testbed.sh

@@ -29,7 +29,9 @@ OUT=${OUT:-$here/out}
 REPORT=${REPORT:-$here/RESULTS.md}
 PLOT=${PLOT:-$here/latency.svg}
 NS=rmperf
-bin=$root/target/release
+# shellcheck source=../bench/target-dir.sh
+source "$root/bench/target-dir.sh"
+bin=${BIN:-$target_dir/release}
 load_threads=$(($(tr ',' '\n' <<<"$LOAD_CPUS" | wc -l)))
 
 [[ $(id -u) -eq 0 ]] || { echo "run as root (network namespaces, iptables)" >&2; exit 1; }

@@ -246,3 +246,213 @@ fn sighup_reload_and_sigterm_exit(driver: DriverChoice) {
 }
 
 both_drivers!(sighup_reload_and_sigterm_exit);
+
+/// Starts the proxy behind `wrapper` (a command that execs the rest) with an admin port of
+/// its own; returns it once `/live` answers.
+fn start_behind(name: &str, wrapper: &[&str], args: &[&str]) -> (Running, SocketAddr) {
+    let dir = scratch(name);
+    let path = dir.join("p.yaml");
+    let port = free_port();
+    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    std::fs::write(&path, loopback_config(port)).unwrap();
+    let (prog, pre) = wrapper
+        .split_first()
+        .map_or((env!("CARGO_BIN_EXE_uring-proxy"), &[][..]), |(p, rest)| {
+            (*p, rest)
+        });
+    let mut cmd = Command::new(prog);
+    cmd.args(pre);
+    if !wrapper.is_empty() {
+        cmd.arg(env!("CARGO_BIN_EXE_uring-proxy"));
+    }
+    let child = cmd
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Running(child);
+    wait_until("admin answers", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok() && http_get(admin, "/live").0 == 200
+    });
+    (p, admin)
+}
+
+fn metric(admin: SocketAddr, series: &str) -> u64 {
+    support::metric_in(&http_get(admin, "/metrics").1, series)
+}
+
+/// The outbound listener's port, as `/config` shows it in force.
+fn outbound_port_of(admin: SocketAddr) -> u16 {
+    let (_, body) = http_get(admin, "/config");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["in_force"]["restart_only"]["listeners"]["outbound"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn io_uring_denied_by_seccomp_falls_back_to_epoll_and_says_why() {
+    let wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/no_io_uring.py");
+    let dir = scratch("seccomp");
+    let path = dir.join("p.yaml");
+    let (port, out_port) = (free_port(), free_port());
+    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    std::fs::write(
+        &path,
+        loopback_config(port).replace(
+            "outbound: \"127.0.0.1:0\"",
+            &format!("outbound: \"127.0.0.1:{out_port}\""),
+        ),
+    )
+    .unwrap();
+    let child = Command::new("/usr/bin/python3")
+        .arg(wrapper)
+        .arg(env!("CARGO_BIN_EXE_uring-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--driver", "auto", "--workers", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("/usr/bin/python3 with python3-seccomp (make deps)");
+    let _p = Running(child);
+    wait_until("admin answers", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok() && http_get(admin, "/ready").0 == 200
+    });
+    let m = http_get(admin, "/metrics").1;
+    assert_eq!(
+        support::metric_in(&m, "ringmesh_driver{driver=\"epoll\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        support::metric_in(&m, "ringmesh_driver{driver=\"io_uring\"}"),
+        0
+    );
+    let reason = m
+        .lines()
+        .find(|l| l.starts_with("ringmesh_driver_fallback{"))
+        .unwrap_or_else(|| panic!("no fallback reason in\n{m}"));
+    assert!(reason.contains("io_uring_setup"), "{reason}");
+    // The epoll workers serve: a connection that was never redirected has no original
+    // destination, and is refused and counted as such.
+    assert_eq!(outbound_port_of(admin), out_port);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", out_port)).unwrap();
+    let _ = std::io::Read::read(&mut c, &mut [0u8; 1]);
+    wait_until("no_original_dst counted", Duration::from_secs(5), || {
+        metric(
+            admin,
+            "ringmesh_connections_closed_total{direction=\"outbound\",outcome=\"no_original_dst\"}",
+        ) == 1
+    });
+
+    // Forced io_uring under the same filter is a start-up error that says what to do.
+    let out = Command::new("/usr/bin/python3")
+        .arg(wrapper)
+        .arg(env!("CARGO_BIN_EXE_uring-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--driver", "uring"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--driver auto"), "{}", stderr(&out));
+}
+
+/// A cgroup v1 cpu group with a quota, removed on drop.
+struct CpuCgroup(PathBuf);
+
+impl CpuCgroup {
+    fn new(name: &str, quota_us: i64, period_us: i64) -> Self {
+        support::netns::require_root();
+        let dir = PathBuf::from(format!(
+            "/sys/fs/cgroup/cpu/ringmesh-test-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cgroup v1 cpu controller at /sys/fs/cgroup/cpu: {e}"));
+        std::fs::write(dir.join("cpu.cfs_period_us"), period_us.to_string()).unwrap();
+        std::fs::write(dir.join("cpu.cfs_quota_us"), quota_us.to_string()).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn workers_follow_the_cpu_quota_and_the_affinity_mask() {
+    // No quota, the whole mask: one pinned worker per CPU.
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    let (p, admin) = start_behind("cpus-all", &[], &[]);
+    assert_eq!(metric(admin, "ringmesh_workers"), cpus);
+    assert_eq!(metric(admin, "ringmesh_workers_pinned"), 1);
+    drop(p);
+
+    // A quota of one CPU, in a real cgroup: one worker, not pinned (the CPUs are shared).
+    let cg = CpuCgroup::new("quota", 100_000, 100_000);
+    let procs = cg.0.join("cgroup.procs");
+    let script = format!("echo $$ > {} && exec \"$@\"", procs.display());
+    let (p, admin) = start_behind("cpus-quota", &["sh", "-c", &script, "sh"], &[]);
+    assert_eq!(metric(admin, "ringmesh_workers"), 1);
+    assert_eq!(metric(admin, "ringmesh_workers_pinned"), 0);
+    drop(p);
+
+    // An affinity mask of one CPU: one worker, pinned to it.
+    let (p, admin) = start_behind("cpus-mask", &["taskset", "-c", "0"], &[]);
+    assert_eq!(metric(admin, "ringmesh_workers"), 1);
+    assert_eq!(metric(admin, "ringmesh_workers_pinned"), 1);
+    drop(p);
+
+    // --workers wins over both.
+    let (p, admin) = start_behind("cpus-flag", &["taskset", "-c", "0"], &["--workers", "3"]);
+    assert_eq!(metric(admin, "ringmesh_workers"), 3);
+    assert_eq!(metric(admin, "ringmesh_workers_pinned"), 0);
+    drop(p);
+    drop(cg);
+}
+
+/// Every ```yaml block of the README is a proxy config a reader may copy: each must pass
+/// `--check-config` (blocks of other YAML are fenced with another info string, such as
+/// `yaml k8s`).
+#[test]
+fn readme_config_examples_are_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let dir = scratch("readme");
+    let mut blocks = 0;
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "```yaml" {
+            continue;
+        }
+        let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        let path = dir.join(format!("readme-{blocks}.yaml"));
+        std::fs::write(&path, block.join("\n")).unwrap();
+        let out = proxy()
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README yaml block {blocks} is rejected:\n{}\n{}",
+            block.join("\n"),
+            stderr(&out)
+        );
+        blocks += 1;
+    }
+    assert!(blocks >= 1, "the README shows at least one config");
+}

@@ -320,6 +320,10 @@ fn gigabyte_byte_exact(driver: &str) {
         (1 << 30, 1 << 30),
         "both proxies carried every byte"
     );
+    for p in [&m.client_proxy, &m.server_proxy] {
+        let spliced = p.metric("ringmesh_copy_bytes_total{method=\"splice\"}");
+        assert!(spliced > 1 << 29, "the bulk was spliced: {spliced} bytes");
+    }
 }
 
 /// With the process out of file descriptors, the accept loop backs off instead of spinning,
@@ -392,7 +396,7 @@ fn fd_exhaustion(driver: &str) {
     assert!(errs1 - errs0 < 50, "{} accept errors in 1 s", errs1 - errs0);
 
     // Every connection that got in still works end to end, bulk included.
-    let big = support::pattern(256 * 1024);
+    let big = support::pattern(4 << 20);
     let n = bed.client.run(move || {
         for (i, s) in held.iter().enumerate() {
             assert!(
@@ -414,6 +418,12 @@ fn fd_exhaustion(driver: &str) {
         held.len()
     });
     assert!(n > 0);
+    // That bulk wanted to splice, and no pipe could be had: it went through a buffer.
+    assert!(
+        proxy.metric("ringmesh_copy_splice_fallbacks_total") > 0,
+        "{}",
+        proxy.metrics()
+    );
 
     // Once they are gone, new connections are served again.
     let ok = bed.client.run(move || {

@@ -35,6 +35,8 @@ both_drivers!(
     drain_finishes_in_flight,
     drain_deadline_resets,
     admin_endpoints,
+    failure_lines_are_rate_limited,
+    metrics_pass_promtool,
 );
 
 fn echo_every_copy_mode(driver: DriverChoice) {
@@ -74,6 +76,24 @@ fn echo_every_copy_mode(driver: DriverChoice) {
             metric_in(&m, "ringmesh_outbound_routes_total{route=\"egress\"}") == 1,
             "{m}"
         );
+        // Splice really splices: bulk moves through pipes unless the copy is buffered.
+        let spliced = metric_in(&m, "ringmesh_copy_bytes_total{method=\"splice\"}");
+        let buffered = metric_in(&m, "ringmesh_copy_bytes_total{method=\"buffer\"}");
+        assert_eq!(
+            spliced + buffered,
+            2 * total,
+            "{copy}: every byte counted once"
+        );
+        match copy {
+            "buffered" => assert_eq!(spliced, 0, "{copy}"),
+            // auto: the small exchange is buffered, the bulk spliced.
+            _ => assert!(
+                spliced > total,
+                "{copy}: only {spliced} of {} spliced",
+                2 * total
+            ),
+        }
+        assert_eq!(metric_in(&m, "ringmesh_copy_splice_fallbacks_total"), 0);
         assert_eq!(active(&p), 0);
     }
 }
@@ -489,4 +509,72 @@ fn admin_endpoints(driver: DriverChoice) {
     assert_eq!(json["in_force"]["restart_only"]["admin"], "127.0.0.1:0");
     assert_eq!(json["workloads"], serde_json::json!(["sidecar"]));
     assert_eq!(http_get(admin, "/nope").0, 404);
+}
+
+/// A flood of failing connections is counted in full, while the log gets a few lines a
+/// second per reason and the rest are counted as suppressed.
+fn failure_lines_are_rate_limited(driver: DriverChoice) {
+    let p = start_with(
+        config("egress: deny"),
+        options(driver, 1, fixed("10.255.0.1:9".parse().unwrap())),
+    );
+    let t0 = Instant::now();
+    for _ in 0..300 {
+        let mut c = connect(p.outbound_addr());
+        let _ = read_end(&mut c);
+    }
+    expect_closed(&p, Direction::Outbound, Outcome::EgressDenied, 300);
+    let seconds = t0.elapsed().as_secs() + 1;
+    let suppressed = metric(
+        &p,
+        "ringmesh_log_lines_suppressed_total{reason=\"egress_denied\"}",
+    );
+    let logged = 300 - suppressed;
+    assert!(
+        logged <= 10 * seconds,
+        "{logged} lines in {seconds} s (at most 10 a second)"
+    );
+    assert!(
+        logged >= 10,
+        "the first lines of each second are written ({logged})"
+    );
+}
+
+/// `/metrics` passes Prometheus's own checker, with every family in it populated.
+fn metrics_pass_promtool(driver: DriverChoice) {
+    let promtool = concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/bin/promtool");
+    assert!(
+        std::path::Path::new(promtool).exists(),
+        "{promtool} is missing: run `make deps` (.ci/deps.sh unpacks it)"
+    );
+    let srv = echo_server();
+    let p = start(driver, config("copy: auto"), fixed(srv.addr));
+    let mut c = connect(p.outbound_addr());
+    roundtrip(&mut c, b"some traffic");
+    let _ = echo_all(&mut c, &pattern(1 << 20));
+    let (code, body) = http_get(p.admin_addr().unwrap(), "/metrics");
+    assert_eq!(code, 200);
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{body}"
+    );
 }
