@@ -531,7 +531,9 @@ fn mtls_between_pods(driver: &str) {
         ]),
         &dir.join("tcpdump.log"),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    support::wait_until("tcpdump listening", Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.join("tcpdump.log")).is_ok_and(|l| l.contains("listening on"))
+    });
 
     let marker = format!("PLAINTEXT-MARKER-{}", std::process::id());
     let (_, reply) = ask(&bed.client, "10.96.0.10:80".parse().unwrap(), &marker);
@@ -541,7 +543,10 @@ fn mtls_between_pods(driver: &str) {
         "the app got the bytes, through both sidecars"
     );
     assert!(field(&reply, "peer=").starts_with("127.0.0.1:"), "{reply}");
-    std::thread::sleep(Duration::from_millis(300));
+    // Both application data records (the request and the reply) are in the capture.
+    support::wait_until("the exchange captured", Duration::from_secs(10), || {
+        std::fs::read(&pcap).is_ok_and(|w| w.windows(3).filter(|x| x == &[0x17, 3, 3]).count() >= 2)
+    });
     capture.interrupt();
 
     let wire = std::fs::read(&pcap).unwrap();
