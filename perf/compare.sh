@@ -9,7 +9,9 @@
 #
 # Knobs (environment): ROUNDS DURATION WARMUP CONNS RATE IDLE_CONNS (0: skip) WORKERS
 # LOAD_CPUS PROXY_CPUS SCENARIOS (the loopback ones; empty for none) MESH (1: also the
-# two-pod path) OUT (raw results) REPORT PLOT (where the report and plot go).
+# two-pod path) OUT (raw results) REPORT PLOT (where the report and plot go) BASELINE (a
+# directory with an earlier build's uring-proxy: it runs beside the others as uring-prev,
+# with the default config, to show what a change cost).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -142,7 +144,8 @@ uring_conf 127.0.2.1 15000 auto >"$OUT/uring.yaml"
 uring_conf 127.0.2.2 15010 splice >"$OUT/uring-splice.yaml"
 uring_conf 127.0.2.3 15020 buffered >"$OUT/uring-buffered.yaml"
 uring_conf 127.0.2.4 15030 auto >"$OUT/uring-epoll.yaml"
-for i in 1 2 3 4; do
+uring_conf 127.0.2.5 15040 auto >"$OUT/uring-prev.yaml"
+for i in 1 2 3 4 5; do
   in_ns iptables -t nat -A OUTPUT -p tcp -d "127.0.2.$i" -j REDIRECT --to-ports "150$((i - 1))1"
 done
 echo "--- nginx.conf"; cat "$OUT/nginx.conf"
@@ -162,9 +165,14 @@ spawn "$OUT/uring-buffered.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/
 CPIDS[uring-buffered]=$LAST_PID
 spawn "$OUT/uring-epoll.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/uring-epoll.yaml" --workers "$WORKERS" --driver epoll --no-pin
 CPIDS[uring-epoll]=$LAST_PID
-TARGET_HOST=([direct]=127.0.0.1 [nginx]=127.0.0.1 [haproxy]=127.0.0.1 [uring]=127.0.2.1 [uring-splice]=127.0.2.2 [uring-buffered]=127.0.2.3 [uring-epoll]=127.0.2.4)
-PORT_BASE=([direct]=9000 [nginx]=11000 [haproxy]=12000 [uring]=9000 [uring-splice]=9000 [uring-buffered]=9000 [uring-epoll]=9000)
+TARGET_HOST=([direct]=127.0.0.1 [nginx]=127.0.0.1 [haproxy]=127.0.0.1 [uring]=127.0.2.1 [uring-splice]=127.0.2.2 [uring-buffered]=127.0.2.3 [uring-epoll]=127.0.2.4 [uring-prev]=127.0.2.5)
+PORT_BASE=([direct]=9000 [nginx]=11000 [haproxy]=12000 [uring]=9000 [uring-splice]=9000 [uring-buffered]=9000 [uring-epoll]=9000 [uring-prev]=9000)
 CONTENDERS=(direct uring uring-splice uring-buffered uring-epoll nginx haproxy)
+if [[ -n ${BASELINE:-} ]]; then
+  spawn "$OUT/uring-prev.log" "$PROXY_CPUS" "$BASELINE/uring-proxy" --config "$OUT/uring-prev.yaml" --workers "$WORKERS" --driver uring --no-pin
+  CPIDS[uring-prev]=$LAST_PID
+  CONTENDERS+=(uring-prev)
+fi
 sleep 1
 
 # The PIDs of a contender: the process and its children (nginx's workers).
