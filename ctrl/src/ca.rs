@@ -46,6 +46,8 @@ impl std::fmt::Debug for Minted {
 
 pub struct DevCa {
     issuer: Issuer<'static, KeyPair>,
+    /// The CA's own key, PEM (to save a generated CA).
+    key_pem: String,
     /// Certificates between a leaf and the root (the CA's own, when it is an intermediate).
     intermediates: Vec<CertificateDer<'static>>,
     /// The trust bundle: the roots SVIDs chain to.
@@ -86,6 +88,7 @@ impl DevCa {
         p.not_after = offset(now + Duration::from_secs(365 * 24 * 3600));
         let root = p.self_signed(&key)?.der().clone();
         Ok(Self {
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(p, key),
             intermediates: Vec::new(),
             bundle: vec![root],
@@ -124,6 +127,7 @@ impl DevCa {
             None => (Vec::new(), vec![ca_cert]),
         };
         Ok(Self {
+            key_pem,
             issuer,
             intermediates,
             bundle,
@@ -136,13 +140,60 @@ impl DevCa {
         &self.bundle
     }
 
+    /// The CA's certificate (the one that signs leaves) and key, PEM, to save it and use it
+    /// again (`meshctl identity ca`, then `serve --ca-cert --ca-key`).
+    pub fn to_pem(&self) -> (String, String) {
+        let cert = self
+            .intermediates
+            .first()
+            .or_else(|| self.bundle.first())
+            .map(|c| crate::pem::encode("CERTIFICATE", c.as_ref()))
+            .unwrap_or_default();
+        (cert, self.key_pem.clone())
+    }
+
+    /// Mints a TLS server certificate for DNS names and IP addresses (and, when given, a
+    /// SPIFFE ID): the NATS server's, verified by its clients like any TLS server.
+    pub fn mint_server(
+        &self,
+        names: &[String],
+        id: Option<&SpiffeId>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Minted, CaError> {
+        let mut m = self.mint_with(id, names, ttl, now)?;
+        m.chain.truncate(1 + self.intermediates.len());
+        Ok(m)
+    }
+
     /// Mints an SVID for `id`, valid from a little before `now` for `ttl`.
     pub fn mint(&self, id: &SpiffeId, ttl: Duration, now: SystemTime) -> Result<Minted, CaError> {
+        self.mint_with(Some(id), &[], ttl, now)
+    }
+
+    fn mint_with(
+        &self,
+        id: Option<&SpiffeId>,
+        names: &[String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Minted, CaError> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name
             .push(DnType::OrganizationName, "ringmesh");
-        p.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        p.subject_alt_names = Vec::new();
+        if let Some(id) = id {
+            p.subject_alt_names
+                .push(SanType::URI(id.to_string().try_into()?));
+        }
+        for n in names {
+            p.subject_alt_names
+                .push(match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(n.clone().try_into()?),
+                });
+        }
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![

@@ -1,14 +1,16 @@
 //! ringmesh-ctrl: the control side of the proxy.
 //!
 //! Identity sources for the proxy's control thread (the SPIFFE Workload API, as served by a
-//! SPIRE agent, and PEM files), and a development Workload API server with its own CA
-//! (`meshctl identity serve`) for single-machine use and tests. Everything here runs on a
+//! SPIRE agent, and PEM files), a development Workload API server with its own CA
+//! (`meshctl identity serve`) for single-machine use and tests, and configuration over NATS
+//! (`nats`: the proxy's follower and the control plane's publisher). Everything here runs on a
 //! tokio runtime; none of it touches the data plane, which only ever sees the immutable
 //! identity snapshots the control thread publishes.
 #![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod devserver;
+pub mod nats;
 pub mod pem;
 pub mod source;
 

@@ -127,7 +127,11 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
 /// Why the process is not ready, in words.
 fn ready(shared: &Shared) -> Response<Full<Bytes>> {
     if shared.ready() {
-        return respond(StatusCode::OK, TEXT, "ready\n");
+        return respond(
+            StatusCode::OK,
+            TEXT,
+            format!("ready{}\n", nats_detail(shared)),
+        );
     }
     let why = if shared.phase() != Phase::Running {
         "draining\n".to_string()
@@ -139,6 +143,27 @@ fn ready(shared: &Shared) -> Response<Full<Bytes>> {
         "starting\n".to_string()
     };
     respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, why)
+}
+
+/// What `/ready` adds when the config follows NATS and NATS is not there: the proxy serves
+/// on what it has, and says so.
+fn nats_detail(shared: &Shared) -> String {
+    let Some(n) = &shared.nats else {
+        return String::new();
+    };
+    if n.connected.load(std::sync::atomic::Ordering::Relaxed) {
+        return String::new();
+    }
+    let err = n
+        .last_error
+        .lock()
+        .ok()
+        .and_then(|e| e.clone())
+        .unwrap_or_else(|| "connecting".into());
+    format!(
+        " (NATS not connected: {err}; serving the config from {})",
+        shared.config.load().source.describe()
+    )
 }
 
 /// Which workers missed their heartbeat.
@@ -171,7 +196,19 @@ fn stalled(shared: &Shared) -> String {
 /// restart are listed.
 fn describe_config(shared: &Shared) -> serde_json::Value {
     let snap = shared.config.load();
+    let nats = shared.nats.as_ref().map(|n| {
+        use std::sync::atomic::Ordering::Relaxed;
+        serde_json::json!({
+            "connected": n.connected.load(Relaxed),
+            "server": n.server.lock().ok().and_then(|s| s.clone()),
+            "running": n.running().map(|v| v.to_string()),
+            "applied": n.applied.load(Relaxed),
+            "rejected": n.rejected.load(Relaxed),
+            "last_error": n.last_error.lock().ok().and_then(|e| e.clone()),
+        })
+    });
     serde_json::json!({
+        "nats": nats,
         "version": snap.config.version.to_string(),
         "source": snap.source.describe(),
         "applied_at": snap.applied_at,

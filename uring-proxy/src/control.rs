@@ -43,6 +43,9 @@ pub(crate) fn spawn(
                 tokio::spawn(crate::admin::serve(l, shared.clone()));
             }
             crate::identity::start(&shared);
+            if let (Some(nats), Some(state)) = (&shared.boot.nats, &shared.nats) {
+                crate::nats::start(&shared, nats, state.clone());
+            }
             let mut signals = if setup.signals { Some(Signals::new()) } else { None };
             let mut refresh = tokio::time::interval(OWN_ADDRS_REFRESH);
             loop {

@@ -29,6 +29,7 @@ mod identity;
 mod idle;
 mod inbound;
 pub mod listen;
+mod nats;
 pub mod orig_dst;
 mod outbound;
 mod pipeline;

@@ -134,6 +134,11 @@ impl Proxy {
     /// Binds every listener, then starts the workers and the control thread.
     pub fn start(config: Config, opts: ProxyOptions) -> Result<Self, StartError> {
         worker::install_panic_hook();
+        // A proxy that follows NATS resumes from the last version it applied, if it kept one.
+        let (config, config_source) = match crate::nats::resume(&config) {
+            Some((c, path, versions)) => (c, ConfigSource::Persisted(path, versions)),
+            None => (config, opts.config_source),
+        };
         let driver = driver::resolve(opts.driver).map_err(StartError::Driver)?;
         check_mark(config.live.bypass_mark)?;
         let requested = opts
@@ -175,7 +180,7 @@ impl Proxy {
         own.extend(admin_addr);
         let shared = Shared::new(SharedSetup {
             config,
-            source: opts.config_source,
+            source: config_source,
             workload: opts.workload,
             workers: n,
             workers_pinned: plan.pin.is_some(),

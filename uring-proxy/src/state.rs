@@ -16,9 +16,12 @@ use ringmesh_core::WorkloadKey;
 use ringmesh_core::config::{BootConfig, Config, CopyMode, IdentityConfig};
 use ringmesh_core::decide::OwnAddrs;
 use ringmesh_core::metrics::{
-    self, ConfigInfo, CopyKind, ProcessInfo, WorkerStats, WorkloadMetrics,
+    self, ConfigInfo, CopyKind, NatsInfo, ProcessInfo, WorkerStats, WorkloadMetrics,
 };
 use tokio::sync::watch;
+
+use ringmesh_ctrl::nats::follow::NatsState;
+use ringmesh_ctrl::nats::layout::Versions;
 
 use crate::driver::Resolved;
 use crate::workload::Workload;
@@ -32,6 +35,10 @@ pub enum ConfigSource {
     File(PathBuf),
     /// Handed over in-process (`Proxy::apply`).
     Api,
+    /// The control plane, over NATS.
+    Nats(Versions),
+    /// The last config from NATS, kept on disk, resumed at start.
+    Persisted(PathBuf, Versions),
 }
 
 impl ConfigSource {
@@ -40,12 +47,18 @@ impl ConfigSource {
             ConfigSource::Embedded => "embedded",
             ConfigSource::File(_) => "file",
             ConfigSource::Api => "api",
+            ConfigSource::Nats(_) => "nats",
+            ConfigSource::Persisted(..) => "persisted",
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             ConfigSource::File(p) => format!("file {}", p.display()),
+            ConfigSource::Nats(v) => format!("nats version {v}"),
+            ConfigSource::Persisted(p, v) => {
+                format!("persisted nats version {v} ({})", p.display())
+            }
             other => other.kind().to_string(),
         }
     }
@@ -121,6 +134,8 @@ pub struct Shared {
     /// A worker whose heartbeat is older than this makes the process not live.
     pub stall_timeout: Duration,
     dropped_lines: Option<DroppedLines>,
+    /// The NATS follower's state, when the config follows a control plane.
+    pub nats: Option<Arc<NatsState>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -150,6 +165,7 @@ pub struct SharedSetup {
 impl Shared {
     pub fn new(s: SharedSetup) -> Arc<Self> {
         let identity_required = s.config.boot.identity != IdentityConfig::None;
+        let nats = s.config.boot.nats.is_some();
         let local_ips = crate::sys::local_ips().unwrap_or_default();
         let own = OwnAddrs::new(s.listeners.iter().copied(), local_ips);
         Arc::new(Self {
@@ -177,6 +193,7 @@ impl Shared {
             epoch: Instant::now(),
             stall_timeout: s.stall_timeout,
             dropped_lines: s.dropped_lines,
+            nats: nats.then(|| Arc::new(NatsState::default())),
         })
     }
 
@@ -280,6 +297,12 @@ impl Shared {
             start_time_seconds: self.start_time,
             now_ms: self.clock_ms(),
             log_lines_dropped: self.dropped_lines.as_ref().map_or(0, |f| f()),
+            nats: self.nats.as_ref().map(|n| NatsInfo {
+                connected: n.connected.load(Relaxed),
+                reconnects: n.reconnects.load(Relaxed),
+                applied: n.applied.load(Relaxed),
+                rejected: n.rejected.load(Relaxed),
+            }),
         }
     }
 

@@ -32,8 +32,9 @@ mod validate;
 mod version;
 
 pub use raw::{
-    IdentitySourceKind, RawAccess, RawAccessRule, RawConfig, RawDestination, RawEndpoint,
-    RawIdentity, RawInbound, RawLimits, RawListeners, RawService, RawTcp, RawTimeouts,
+    IdentitySourceKind, RawAccess, RawAccessRule, RawConfig, RawControlPlane, RawDestination,
+    RawEndpoint, RawIdentity, RawInbound, RawLimits, RawListeners, RawNats, RawNatsTls, RawService,
+    RawTcp, RawTimeouts,
 };
 pub use validate::bounds;
 pub use version::VersionId;
@@ -183,6 +184,23 @@ pub struct BootConfig {
     pub identity: IdentityConfig,
     /// `None`: as many as the CPUs (and CPU quota) allow.
     pub workers: Option<NonZeroU32>,
+    /// Configuration over NATS, when the live part follows a control plane.
+    pub nats: Option<NatsConfig>,
+}
+
+/// Where and how to follow the control plane over NATS, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    pub servers: Vec<String>,
+    /// Roots for the server; `None`: the workload's trust bundle.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key; `None`: the workload's SVID.
+    pub client: Option<(PathBuf, PathBuf)>,
+    pub bucket: String,
+    pub status_bucket: String,
+    pub node: Option<String>,
+    pub persist: Option<PathBuf>,
+    pub status_interval: Duration,
 }
 
 impl BootConfig {
@@ -204,6 +222,9 @@ impl BootConfig {
         }
         if self.workers != next.workers {
             out.push("workers");
+        }
+        if self.nats != next.nats {
+            out.push("control_plane");
         }
         out
     }
@@ -340,7 +361,7 @@ impl Config {
 }
 
 /// The top-level keys of the document that belong to [`BootConfig`].
-const BOOT_FIELDS: &[&str] = &["listeners", "admin", "identity", "workers"];
+const BOOT_FIELDS: &[&str] = &["listeners", "admin", "identity", "workers", "control_plane"];
 
 impl LiveConfig {
     /// The service an endpoint address belongs to (for inbound access checks).

@@ -49,6 +49,61 @@ pub struct RawConfig {
     pub inbound: RawInbound,
     #[serde(default)]
     pub access: RawAccess,
+    /// Where live config comes from beyond this file (restart-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<RawControlPlane>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControlPlane {
+    pub nats: RawNats,
+}
+
+/// Configuration over NATS: the live part of the config follows the control plane's buckets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNats {
+    /// `tls://HOST:PORT`, tried in turn.
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub tls: RawNatsTls,
+    #[serde(default = "default_config_bucket")]
+    pub bucket: String,
+    #[serde(default = "default_status_bucket")]
+    pub status_bucket: String,
+    /// This proxy's node, for node-scoped overrides (default: `$NODE_NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Where the last applied config is kept, so a restart without NATS resumes from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist: Option<String>,
+    /// How often the proxy refreshes its status report.
+    #[serde(default = "default_status_interval")]
+    pub status_interval: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNatsTls {
+    /// Roots for the server's certificate (default: the workload's trust bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// The client certificate and key (default: the workload's SVID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+fn default_config_bucket() -> String {
+    "ringmesh-config".into()
+}
+fn default_status_bucket() -> String {
+    "ringmesh-status".into()
+}
+fn default_status_interval() -> String {
+    "10s".into()
 }
 
 /// Where the proxy's own SVID and trust bundles come from.

@@ -7,10 +7,12 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{IdentitySourceKind, RawAccess, RawConfig, RawIdentity, RawService, RawTcp};
+use super::raw::{
+    IdentitySourceKind, RawAccess, RawConfig, RawIdentity, RawNats, RawService, RawTcp,
+};
 use super::{
     BootConfig, Config, ConfigError, Endpoint, IdentityConfig, InboundPolicy, Keepalive, Limits,
-    Listeners, LiveConfig, Service, TcpOptions, Timeouts, VersionId,
+    Listeners, LiveConfig, NatsConfig, Service, TcpOptions, Timeouts, VersionId,
 };
 use crate::access::{AccessPolicy, Rule as AccessRule};
 use crate::addr::canonical;
@@ -229,6 +231,10 @@ impl RawConfig {
         }
 
         let identity = validate_identity(&self.identity, &mut errs);
+        let nats = self
+            .control_plane
+            .as_ref()
+            .and_then(|cp| validate_nats(&cp.nats, &identity, &mut errs));
         let access = validate_access(&self.access, &self.services, &mut errs);
         let inbound_policy = InboundPolicy {
             default: self.inbound.mode,
@@ -260,6 +266,7 @@ impl RawConfig {
                         admin,
                         identity,
                         workers,
+                        nats,
                     },
                     live: LiveConfig {
                         bypass_mark: NonZeroU32::new(self.bypass_mark),
@@ -323,6 +330,106 @@ fn validate_tcp(raw: &RawTcp, errs: &mut Vec<ConfigError>) -> Option<TcpOptions>
             probes: raw.keepalive_probes,
         }),
         user_timeout,
+    })
+}
+
+fn valid_bucket(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn validate_nats(
+    raw: &RawNats,
+    identity: &IdentityConfig,
+    errs: &mut Vec<ConfigError>,
+) -> Option<NatsConfig> {
+    let before = errs.len();
+    let p = "control_plane.nats";
+    if raw.servers.is_empty() {
+        errs.push(ConfigError::new(
+            format!("{p}.servers"),
+            "at least one server is needed",
+        ));
+    }
+    for (i, s) in raw.servers.iter().enumerate() {
+        let hostport = s.split_once("://").map_or(s.as_str(), |(scheme, rest)| {
+            if !matches!(scheme, "tls" | "nats") {
+                errs.push(ConfigError::new(
+                    format!("{p}.servers[{i}]"),
+                    format!(
+                        "{s:?}: the scheme must be tls:// (or nats://, with TLS required anyway)"
+                    ),
+                ));
+            }
+            rest
+        });
+        let port_ok = hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            errs.push(ConfigError::new(
+                format!("{p}.servers[{i}]"),
+                format!("{s:?}: want tls://HOST:PORT"),
+            ));
+        }
+    }
+    for (field, name) in [
+        ("bucket", &raw.bucket),
+        ("status_bucket", &raw.status_bucket),
+    ] {
+        if !valid_bucket(name) {
+            errs.push(ConfigError::new(
+                format!("{p}.{field}"),
+                format!("{name:?}: letters, digits, '-' and '_', at most 64"),
+            ));
+        }
+    }
+    let no_identity = *identity == IdentityConfig::None;
+    let client = match (&raw.tls.cert, &raw.tls.key) {
+        (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+        (None, None) if no_identity => {
+            errs.push(ConfigError::new(
+                format!("{p}.tls"),
+                "a client certificate is needed: tls.cert and tls.key, or an identity source (the workload's SVID is used)",
+            ));
+            None
+        }
+        (None, None) => None,
+        _ => {
+            errs.push(ConfigError::new(
+                format!("{p}.tls"),
+                "cert and key go together",
+            ));
+            None
+        }
+    };
+    if raw.tls.ca.is_none() && no_identity {
+        errs.push(ConfigError::new(
+            format!("{p}.tls.ca"),
+            "the roots for the server's certificate are needed, or an identity source (its trust bundle is used)",
+        ));
+    }
+    let status_interval = parse_duration(
+        &raw.status_interval,
+        &format!("{p}.status_interval"),
+        Duration::from_secs(300),
+        errs,
+    );
+    if errs.len() > before {
+        return None;
+    }
+    Some(NatsConfig {
+        servers: raw.servers.clone(),
+        ca: raw.tls.ca.as_ref().map(PathBuf::from),
+        client,
+        bucket: raw.bucket.clone(),
+        status_bucket: raw.status_bucket.clone(),
+        node: raw.node.clone(),
+        persist: raw.persist.as_ref().map(PathBuf::from),
+        status_interval: status_interval?,
     })
 }
 

@@ -15,7 +15,7 @@ pub use labels::{
     AcceptError, CopyKind, CopyMethod, Detection, Direction, HandshakeResult, Outcome, RouteKind,
     Security, Side,
 };
-pub use render::{ConfigInfo, IdentityInfo, ProcessInfo, WorkloadMetrics, render};
+pub use render::{ConfigInfo, IdentityInfo, NatsInfo, ProcessInfo, WorkloadMetrics, render};
 pub use shard::{
     Counter, DURATION_BUCKETS, Gauge, HANDSHAKE_BUCKETS, Histogram, LABEL_SLOTS, LabelTable,
     OVERFLOW_LABEL, WorkerShard, WorkerStats,

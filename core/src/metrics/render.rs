@@ -39,6 +39,17 @@ pub struct ProcessInfo {
     pub now_ms: u64,
     /// Log lines the non-blocking writer had to drop (its buffer was full).
     pub log_lines_dropped: u64,
+    /// Configuration over NATS, when the proxy follows a control plane.
+    pub nats: Option<NatsInfo>,
+}
+
+/// The NATS follower's state, for the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct NatsInfo {
+    pub connected: bool,
+    pub reconnects: u64,
+    pub applied: u64,
+    pub rejected: u64,
 }
 
 /// The config in force, for the metrics.
@@ -302,6 +313,28 @@ fn process(o: &mut Out, workers: &[WorkerStats], info: &ProcessInfo) {
     );
     for f in &c.restart_required {
         o.sample("ringmesh_config_restart_required", &[("field", f)], 1);
+    }
+    if let Some(n) = &info.nats {
+        o.family(
+            "ringmesh_nats_connected",
+            "gauge",
+            "1 while connected to a NATS server of the control plane.",
+        );
+        o.sample("ringmesh_nats_connected", &[], u8::from(n.connected));
+        o.family(
+            "ringmesh_nats_reconnects_total",
+            "counter",
+            "Connections to NATS after the first.",
+        );
+        o.sample("ringmesh_nats_reconnects_total", &[], n.reconnects);
+        o.family(
+            "ringmesh_nats_config_versions_total",
+            "counter",
+            "Config versions from NATS, by what became of them.",
+        );
+        let name = "ringmesh_nats_config_versions_total";
+        o.sample(name, &[("result", "applied")], n.applied);
+        o.sample(name, &[("result", "rejected")], n.rejected);
     }
     o.family(
         "ringmesh_config_reloads_total",

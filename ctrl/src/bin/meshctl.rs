@@ -1,4 +1,6 @@
-//! `meshctl`: operator tools for ringmesh. Today: the development SPIFFE Workload API server.
+//! `meshctl`: operator tools for ringmesh: the development SPIFFE Workload API server and its
+//! CA, and the control plane's side of configuration over NATS (push, get, status, and a
+//! nats-server configuration with least-privilege users).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -6,8 +8,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ringmesh_core::SpiffeId;
+use ringmesh_core::config::{Config, Format};
 use ringmesh_ctrl::ca::DevCa;
 use ringmesh_ctrl::devserver::{self, DevServer, Mapping};
+use ringmesh_ctrl::nats::connect::FileMaterial;
+use ringmesh_ctrl::nats::layout::Scope;
+use ringmesh_ctrl::nats::publish;
 use ringmesh_ctrl::source::{self, SourceEvent};
 
 /// ringmesh operator tools.
@@ -23,6 +29,89 @@ enum Cmd {
     /// Workload identities (SPIFFE).
     #[command(subcommand)]
     Identity(IdentityCmd),
+    /// Validate a config file and publish its live part as the next version of a scope.
+    Push {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// mesh, node/NAME or workload/NAME.
+        #[arg(long, default_value = "mesh")]
+        scope: String,
+        /// The version to publish [default: the file's `version:`, else the next one].
+        #[arg(long)]
+        version: Option<u64>,
+        /// JetStream replicas for buckets this creates.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// The config (YAML, or JSON for *.json).
+        file: PathBuf,
+    },
+    /// Print the version in force in a scope, as YAML.
+    Get {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[arg(long, default_value = "mesh")]
+        scope: String,
+    },
+    /// List every proxy's report: the version it runs, rejections, and which are behind.
+    Status {
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Print a nats-server configuration: TLS with client certificates mapped to users by
+    /// SPIFFE ID, the control plane allowed everything, each proxy allowed to read the
+    /// config and write only its own status.
+    NatsConfig {
+        #[arg(long, default_value = "127.0.0.1:4222")]
+        listen: String,
+        #[arg(long)]
+        server_name: Option<String>,
+        /// JetStream storage directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// The trust bundle client certificates must chain to.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The server's own certificate and key.
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// The control plane's SPIFFE ID (may write config).
+        #[arg(long)]
+        control_plane: String,
+        /// SPIFFE_ID=WORKLOAD: a proxy's identity and the workload it reports as (repeatable).
+        #[arg(long = "proxy", value_name = "SPIFFE_ID=WORKLOAD")]
+        proxies: Vec<String>,
+        /// Cluster: this server's route listener and the others' routes.
+        #[arg(long)]
+        cluster_listen: Option<String>,
+        #[arg(long = "route")]
+        routes: Vec<String>,
+        #[arg(long, default_value = ringmesh_ctrl::nats::CONFIG_BUCKET)]
+        bucket: String,
+        #[arg(long, default_value = ringmesh_ctrl::nats::STATUS_BUCKET)]
+        status_bucket: String,
+    },
+}
+
+/// How to reach NATS as the control plane.
+#[derive(Debug, clap::Args)]
+struct NatsArgs {
+    /// NATS server URLs (tls://HOST:PORT), comma-separated or repeated.
+    #[arg(long = "nats", required = true, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// The roots the server's certificate must chain to.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The control plane's certificate and key.
+    #[arg(long)]
+    cert: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long, default_value = ringmesh_ctrl::nats::CONFIG_BUCKET)]
+    bucket: String,
+    #[arg(long, default_value = ringmesh_ctrl::nats::STATUS_BUCKET)]
+    status_bucket: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +143,34 @@ enum IdentityCmd {
         /// Also write the trust bundle (PEM) here.
         #[arg(long)]
         write_bundle: Option<PathBuf>,
+    },
+    /// Create a CA for a trust domain (to keep, and to serve and mint from).
+    Ca {
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Mint a certificate from a CA: an X509-SVID for --id, or a TLS server certificate for
+    /// --name (DNS names and IP addresses, with or without an --id).
+    Mint {
+        #[arg(long)]
+        ca_cert: PathBuf,
+        #[arg(long)]
+        ca_key: PathBuf,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long = "name")]
+        names: Vec<String>,
+        #[arg(long, default_value = "720h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Where the chain and key go (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Fetch this process's identity from a Workload API and print it.
     Show {
@@ -139,6 +256,107 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Cmd::Identity(IdentityCmd::Ca {
+            trust_domain,
+            cert,
+            key,
+        }) => {
+            let ca = DevCa::generate(&trust_domain)?;
+            let (c, k) = ca.to_pem();
+            std::fs::write(&cert, c)?;
+            write_private(&key, &k)?;
+            println!(
+                "CA for {trust_domain}: {} {}",
+                cert.display(),
+                key.display()
+            );
+            Ok(())
+        }
+        Cmd::Identity(IdentityCmd::Mint {
+            ca_cert,
+            ca_key,
+            id,
+            names,
+            ttl,
+            cert,
+            key,
+        }) => {
+            let ca = DevCa::from_files(&ca_cert, &ca_key, None)?;
+            let id = id.map(|i| SpiffeId::parse(&i)).transpose()?;
+            let now = std::time::SystemTime::now();
+            let m = match (&id, names.is_empty()) {
+                (Some(id), true) => ca.mint(id, ttl, now)?,
+                (_, false) => ca.mint_server(&names, id.as_ref(), ttl, now)?,
+                (None, true) => anyhow::bail!("give --id, --name, or both"),
+            };
+            let chain: String = m
+                .chain
+                .iter()
+                .map(|c| ringmesh_ctrl::pem::encode("CERTIFICATE", c.as_ref()))
+                .collect();
+            std::fs::write(&cert, chain)?;
+            write_private(&key, &ringmesh_ctrl::pem::encode("PRIVATE KEY", &m.key))?;
+            Ok(())
+        }
+        Cmd::Push {
+            nats,
+            scope,
+            version,
+            replicas,
+            file,
+        } => rt.block_on(push(nats, &scope, version, replicas, &file)),
+        Cmd::Get { nats, scope } => rt.block_on(async {
+            let scope = Scope::parse(&scope).map_err(anyhow::Error::msg)?;
+            let (kv, _) = buckets(&nats, 1, false).await?;
+            match publish::get(&kv, &scope)
+                .await
+                .map_err(anyhow::Error::msg)?
+            {
+                Some((_, doc)) => print!("{}", serde_yaml::to_string(&doc)?),
+                None => println!("# nothing pushed to {scope}"),
+            }
+            Ok(())
+        }),
+        Cmd::Status { nats } => rt.block_on(status(nats)),
+        Cmd::NatsConfig {
+            listen,
+            server_name,
+            store,
+            ca,
+            cert,
+            key,
+            control_plane,
+            proxies,
+            cluster_listen,
+            routes,
+            bucket,
+            status_bucket,
+        } => {
+            let proxies = proxies
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(id, w)| (id.to_string(), w.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("--proxy {p:?}: want SPIFFE_ID=WORKLOAD"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let cfg = ringmesh_ctrl::nats::server_config::ServerConfig {
+                listen,
+                server_name,
+                store,
+                ca,
+                cert,
+                key,
+                control_plane,
+                proxies,
+                cluster_listen,
+                routes,
+                bucket,
+                status_bucket,
+            };
+            print!("{}", cfg.render().map_err(anyhow::Error::msg)?);
+            Ok(())
+        }
         Cmd::Identity(IdentityCmd::Show { socket }) => rt.block_on(async {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             let follow = tokio::spawn(source::workload_api(socket, move |e| {
@@ -168,4 +386,162 @@ fn main() -> anyhow::Result<()> {
             }
         }),
     }
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &std::path::Path, pem: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(pem.as_bytes())?;
+    Ok(())
+}
+
+async fn buckets(
+    nats: &NatsArgs,
+    replicas: usize,
+    create: bool,
+) -> anyhow::Result<(
+    async_nats::jetstream::kv::Store,
+    async_nats::jetstream::kv::Store,
+)> {
+    let material =
+        FileMaterial::load(&nats.ca, &nats.cert, &nats.key).map_err(anyhow::Error::msg)?;
+    let js = publish::connect(&nats.servers, Arc::new(material))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if create {
+        return publish::ensure_buckets(&js, &nats.bucket, &nats.status_bucket, replicas)
+            .await
+            .map_err(anyhow::Error::msg);
+    }
+    let get = |b: &str| {
+        let (js, b) = (js.clone(), b.to_string());
+        async move {
+            js.get_key_value(b.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("bucket {b:?}: {e} (nothing pushed yet?)"))
+        }
+    };
+    Ok((get(&nats.bucket).await?, get(&nats.status_bucket).await?))
+}
+
+async fn push(
+    nats: NatsArgs,
+    scope: &str,
+    version: Option<u64>,
+    replicas: usize,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let scope = Scope::parse(scope).map_err(anyhow::Error::msg)?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let format = Format::from_path(file);
+    // The whole file must be a valid config: every error, and nothing is written.
+    let errors: Vec<String> = match Config::from_str(&text, format) {
+        Ok(_) => Vec::new(),
+        Err(errs) => errs.iter().map(ToString::to_string).collect(),
+    };
+    let document: serde_json::Value = match format {
+        Format::Json => serde_json::from_str(&text)?,
+        Format::Yaml => serde_yaml::from_str(&text)?,
+    };
+    let serde_json::Value::Object(document) = document else {
+        anyhow::bail!("{}: a config is a mapping of fields", file.display());
+    };
+    let file_version = document.get("version").and_then(serde_json::Value::as_u64);
+    let mut all = errors;
+    if let Err(e) = publish::split(document.clone()) {
+        all.extend(e);
+    }
+    if !all.is_empty() {
+        for e in &all {
+            eprintln!("{}: {e}", file.display());
+        }
+        anyhow::bail!("{} error(s); nothing was pushed", all.len());
+    }
+    let (kv, _) = buckets(&nats, replicas, true).await?;
+    let t0 = std::time::Instant::now();
+    match publish::push(&kv, &scope, document, version.or(file_version)).await {
+        Ok(r) => {
+            println!(
+                "{scope}: version {} pushed ({} part(s) written, {} bytes; {} unchanged; {} removed) in {:.0?}",
+                r.version,
+                r.written,
+                r.bytes,
+                r.unchanged,
+                r.deleted,
+                t0.elapsed()
+            );
+            Ok(())
+        }
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            anyhow::bail!("push failed");
+        }
+    }
+}
+
+async fn status(nats: NatsArgs) -> anyhow::Result<()> {
+    let (kv, status) = buckets(&nats, 1, false).await?;
+    let current = publish::manifest(&kv, &Scope::Mesh)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .map(|(m, _)| m.version);
+    let reports = publish::statuses(&status)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!(
+        "mesh version in NATS: {}",
+        current.map_or("none".into(), |v| v.to_string())
+    );
+    println!(
+        "{:<32} {:<12} {:<24} {:<9} {:>6}  server",
+        "WORKLOAD", "NODE", "APPLIED", "STATE", "AGE"
+    );
+    for r in &reports {
+        let applied = r.applied.map_or("-".into(), |v| v.to_string());
+        let behind = match (current, r.applied) {
+            (Some(c), Some(a)) => a.mesh < c,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let state = match (&r.rejected, behind) {
+            (Some(_), _) => "rejected",
+            (None, true) => "behind",
+            (None, false) => "current",
+        };
+        println!(
+            "{:<32} {:<12} {:<24} {:<9} {:>5}s  {}",
+            r.workload,
+            r.node.as_deref().unwrap_or("-"),
+            applied,
+            state,
+            now.saturating_sub(r.reported_at),
+            r.connected_to.as_deref().unwrap_or("-")
+        );
+        if let Some(rej) = &r.rejected {
+            println!("    rejected version {}:", rej.versions);
+            for e in &rej.errors {
+                println!("      {e}");
+            }
+        }
+    }
+    if reports.is_empty() {
+        println!(
+            "(no proxy has reported in the last {} s)",
+            publish::STATUS_TTL.as_secs()
+        );
+    }
+    Ok(())
 }

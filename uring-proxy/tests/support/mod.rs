@@ -17,6 +17,7 @@ use ringmesh_core::metrics::{Direction, Outcome};
 use uring_proxy::{ConnInfo, DriverChoice, OrigDstSource, Proxy, ProxyOptions};
 
 pub mod mesh;
+pub mod natsbed;
 pub mod netns;
 
 /// Runs a test function once per driver, as two tests: `name::io_uring` and `name::epoll`.
