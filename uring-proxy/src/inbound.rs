@@ -114,7 +114,7 @@ async fn open(
     //    read.
     let target = pipeline::loopback(dst);
     conn.upstream = Some(target);
-    let stream = pipeline::dial(live, target).await?;
+    let stream = pipeline::dial(ctx, live, target).await?;
     if let Some(prefix) = replay.filter(|p| !p.is_empty()) {
         detect::replay(&stream, &prefix)
             .await

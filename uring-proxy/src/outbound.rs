@@ -72,7 +72,7 @@ async fn open(
     conn.upstream = Some(plan.target);
 
     // 4. Connect, with the bypass mark and keepalive, under the connect timeout.
-    let stream = pipeline::dial(live, plan.target).await?;
+    let stream = pipeline::dial(ctx, live, plan.target).await?;
 
     // 5. Transport security: mTLS with the workload's SVID to a meshed endpoint; plaintext
     //    to anything else.

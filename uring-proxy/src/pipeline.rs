@@ -139,8 +139,13 @@ pub(crate) fn original_dst(ctx: &WorkerCtx, down: &TcpStream) -> Result<OrigDst,
 }
 
 /// Connects to the upstream with the bypass mark and keepalive, under the connect timeout.
-pub(crate) async fn dial(live: &LiveConfig, target: SocketAddr) -> Result<TcpStream, Stop> {
-    connect::connect(target, live.bypass_mark, &live.tcp, live.timeouts.connect)
+pub(crate) async fn dial(
+    ctx: &WorkerCtx,
+    live: &LiveConfig,
+    target: SocketAddr,
+) -> Result<TcpStream, Stop> {
+    let mark = ctx.shared.boot.bypass_mark;
+    connect::connect(target, mark, &live.tcp, live.timeouts.connect)
         .await
         .map_err(|e| match e {
             ConnectError::Timeout(d) => Stop::new(

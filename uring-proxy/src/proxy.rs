@@ -140,7 +140,7 @@ impl Proxy {
             None => (config, opts.config_source),
         };
         let driver = driver::resolve(opts.driver).map_err(StartError::Driver)?;
-        check_mark(config.live.bypass_mark)?;
+        check_mark(config.boot.bypass_mark)?;
         let requested = opts
             .workers
             .or(config.boot.workers.map(|n| n.get() as usize));

@@ -186,6 +186,10 @@ pub struct BootConfig {
     pub workers: Option<NonZeroU32>,
     /// Configuration over NATS, when the live part follows a control plane.
     pub nats: Option<NatsConfig>,
+    /// `SO_MARK` on upstream sockets; `None` when marking is off. Restart-only: the
+    /// interception rules installed beside the proxy exempt this mark (or the proxy's uid),
+    /// and the proxy may lack the capability to set another.
+    pub bypass_mark: Option<NonZeroU32>,
 }
 
 /// Where and how to follow the control plane over NATS, validated.
@@ -226,6 +230,9 @@ impl BootConfig {
         if self.nats != next.nats {
             out.push("control_plane");
         }
+        if self.bypass_mark != next.bypass_mark {
+            out.push("bypass_mark");
+        }
         out
     }
 }
@@ -233,8 +240,6 @@ impl BootConfig {
 /// What running workers pick up at once: every new connection sees the newest.
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
-    /// `None` when marking is off.
-    pub bypass_mark: Option<NonZeroU32>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub tcp: TcpOptions,
@@ -361,7 +366,14 @@ impl Config {
 }
 
 /// The top-level keys of the document that belong to [`BootConfig`].
-const BOOT_FIELDS: &[&str] = &["listeners", "admin", "identity", "workers", "control_plane"];
+const BOOT_FIELDS: &[&str] = &[
+    "listeners",
+    "admin",
+    "identity",
+    "workers",
+    "control_plane",
+    "bypass_mark",
+];
 
 impl LiveConfig {
     /// The service an endpoint address belongs to (for inbound access checks).

@@ -39,7 +39,7 @@ fn embedded_default_is_valid_sidecar() {
     assert_eq!(c.boot.listeners.inbound, "[::]:15006".parse().unwrap());
     assert_eq!(c.boot.admin, "127.0.0.1:15000".parse().unwrap());
     assert_eq!(c.live.egress, EgressPolicy::Allow);
-    assert_eq!(c.live.bypass_mark.map(NonZeroU32::get), Some(1337));
+    assert_eq!(c.boot.bypass_mark.map(NonZeroU32::get), Some(1337));
     assert!(c.live.services.is_empty());
 }
 
@@ -55,7 +55,7 @@ fn empty_object_takes_every_default() {
 #[test]
 fn good_file_parses_every_field() {
     let c = Config::from_str(GOOD, Format::Yaml).unwrap();
-    assert_eq!(c.live.bypass_mark.map(NonZeroU32::get), Some(0x539));
+    assert_eq!(c.boot.bypass_mark.map(NonZeroU32::get), Some(0x539));
     assert_eq!(c.live.timeouts.connect, Duration::from_millis(250));
     assert_eq!(c.live.timeouts.idle, Duration::from_secs(30));
     assert_eq!(c.live.limits.max_connections_per_worker.get(), 100);

@@ -267,9 +267,9 @@ impl RawConfig {
                         identity,
                         workers,
                         nats,
+                        bypass_mark: NonZeroU32::new(self.bypass_mark),
                     },
                     live: LiveConfig {
-                        bypass_mark: NonZeroU32::new(self.bypass_mark),
                         timeouts,
                         limits: Limits {
                             max_connections_per_worker: max,

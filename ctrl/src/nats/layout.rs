@@ -35,7 +35,14 @@ pub const MAX_PART: usize = 768 * 1024;
 pub const MAX_MANIFEST: usize = 1000 * 1024;
 
 /// Top-level fields that take a restart and are never carried over NATS.
-pub const RESTART_ONLY: &[&str] = &["listeners", "admin", "identity", "workers", "control_plane"];
+pub const RESTART_ONLY: &[&str] = &[
+    "listeners",
+    "admin",
+    "identity",
+    "workers",
+    "control_plane",
+    "bypass_mark",
+];
 
 /// Whose config a set of keys is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
