@@ -31,7 +31,7 @@ FUZZ_SECONDS ?= 15
 fuzz-smoke: deps
 	@rustup toolchain list | grep -q '^nightly' || { echo "fuzz-smoke needs the nightly toolchain (rustup toolchain install nightly)" >&2; exit 1; }
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	@for t in config spiffe_id svid_leaf client_hello; do \
+	@for t in config spiffe_id svid_leaf client_hello proxy_v2; do \
 	  scratch=$$(mktemp -d); \
 	  (cd fuzz && $(CARGO) +nightly fuzz run $$t $$scratch corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
 	  rm -rf $$scratch; \

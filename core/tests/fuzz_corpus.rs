@@ -82,3 +82,42 @@ fn client_hello_corpus() {
     }
     assert!(mesh >= 2, "the seeds include mesh hellos");
 }
+
+#[test]
+fn proxy_v2_corpus() {
+    use ringmesh_core::proxy_v2::{MAX_HEADER, Malformed, parse, write};
+    let mut parsed = 0;
+    for (path, data) in corpus("proxy_v2") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        // Seeds are named `<outcome>-<what>`: `valid`, or the reason they are refused.
+        let expected = name.split_once('-').map(|(outcome, _)| outcome);
+        match parse(&data) {
+            Ok((header, payload)) => {
+                parsed += 1;
+                assert!(expected.is_none_or(|e| e == "valid"), "{name} parsed");
+                let tail = &data[data.len() - payload.len()..];
+                assert!(std::ptr::eq(tail.as_ptr(), payload.as_ptr()), "{name}");
+                assert!(data.len() - payload.len() <= MAX_HEADER, "{name}");
+                let framed: usize = header.tlvs.iter().map(|t| 3 + t.value.len()).sum();
+                assert_eq!(framed, header.tlvs.as_bytes().len(), "{name}");
+                if let Some(addrs) = header.addrs {
+                    let mut buf = [0; MAX_HEADER];
+                    let n = write(&addrs, &mut buf).unwrap();
+                    let (again, rest) = parse(&buf[..n]).unwrap();
+                    assert_eq!(again.addrs, Some(addrs), "{name}");
+                    assert!(rest.is_empty(), "{name}");
+                }
+            }
+            Err(reason) => {
+                if let Some(e) =
+                    expected.filter(|e| Malformed::ALL.iter().any(|m| m.as_str() == *e))
+                {
+                    assert_eq!(reason.as_str(), e, "{name}");
+                } else {
+                    assert_ne!(expected, Some("valid"), "{name}: {reason}");
+                }
+            }
+        }
+    }
+    assert!(parsed >= 3, "the seeds include valid headers");
+}
