@@ -16,6 +16,11 @@ packages=(
   python3-venv # the venv for PyPI tools
   nats-server  # Debian's NATS server (2.9), one of the two the control-plane tests run against
   tcpdump      # packet captures in end-to-end tests
+  clang-19     # compiles the eBPF programs (redirect/build.rs)
+  libbpf-dev   # bpf_helpers.h for them
+  bpftool      # inspecting loaded programs in the UDP tests
+  dnsmasq-base # a real DNS server as the app in the UDP tests and the demo
+  bind9-dnsutils # dig
 )
 missing=()
 for p in "${packages[@]}"; do

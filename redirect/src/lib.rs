@@ -1,4 +1,5 @@
-//! Interception: the rules that send a pod's (or host's) TCP traffic to its proxy.
+//! Interception: the rules that send a pod's (or host's) TCP traffic to its proxy, and the
+//! eBPF programs that do the same for UDP ([`udp`]).
 //!
 //! A [`Plan`] says what to intercept and what to let pass (the proxy's own traffic, by uid or
 //! socket mark; excluded ports and CIDRs). Pure functions turn a plan into an iptables
@@ -7,13 +8,15 @@
 //! kernel holds with what the plan says, line by line.
 //!
 //! Everything acts on the network namespace the process runs in. This crate does not proxy
-//! anything and holds no state between runs: the kernel's rule set is the state.
+//! anything and holds no state between runs: the kernel's rule set (and, for UDP, the pinned
+//! BPF objects) is the state.
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod iptables;
 pub mod nftables;
 pub mod plan;
+pub mod udp;
 
 pub use plan::{Backend, Plan, PlanError};
 

@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+use std::path::PathBuf;
+
+use ringmesh_redirect::udp::{self, UdpPlan};
 use ringmesh_redirect::{Backend, Plan, apply};
 
 /// Send a pod's (or host's) TCP traffic to its ringmesh proxy, with iptables or nftables.
@@ -23,10 +26,14 @@ struct Cli {
 enum Cmd {
     /// Install the rules (again: installing twice leaves one copy).
     Install(PlanArgs),
-    /// Remove exactly what install added.
+    /// Remove exactly what install added (the TCP rules of --backend, and the UDP programs
+    /// if they are installed).
     Uninstall {
         #[arg(long, value_enum, default_value_t = BackendArg::Iptables)]
         backend: BackendArg,
+        /// Where the BPF filesystem is mounted.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: PathBuf,
     },
     /// Exit 0 if the installed rules are exactly the plan's, else print the differences and
     /// exit 1.
@@ -90,6 +97,25 @@ struct PlanArgs {
     /// Intercept IPv4 only.
     #[arg(long)]
     no_ipv6: bool,
+    /// Intercept UDP too (IPv4), with eBPF programs: outbound datagrams to
+    /// --udp-outbound-port, inbound ones to --udp-inbound-port, each with a PROXY v2 header
+    /// carrying its original addresses.
+    #[arg(long)]
+    udp: bool,
+    /// The proxy's outbound UDP port (default: --outbound-port).
+    #[arg(long)]
+    udp_outbound_port: Option<u16>,
+    /// The proxy's inbound UDP port (default: --inbound-port).
+    #[arg(long)]
+    udp_inbound_port: Option<u16>,
+    /// The highest inbound UDP port intercepted (default: one below the start of
+    /// net.ipv4.ip_local_port_range; ports above it belong to client sockets, whose answers
+    /// arrive there).
+    #[arg(long)]
+    udp_inbound_max: Option<u16>,
+    /// Where the BPF filesystem is mounted (mounted there if it is not).
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
 }
 
 fn parse_mark(s: &str) -> Result<u32, String> {
@@ -98,6 +124,20 @@ fn parse_mark(s: &str) -> Result<u32, String> {
         None => s.parse(),
     };
     r.map_err(|e| format!("{s:?}: {e}"))
+}
+
+impl PlanArgs {
+    fn udp_plan(&self, plan: &Plan) -> Option<UdpPlan> {
+        self.udp.then(|| {
+            UdpPlan::from_plan(
+                plan,
+                self.udp_outbound_port.unwrap_or(plan.outbound_port),
+                self.udp_inbound_port.unwrap_or(plan.inbound_port),
+                self.udp_inbound_max
+                    .unwrap_or_else(udp::default_inbound_max),
+            )
+        })
+    }
 }
 
 impl PlanArgs {
@@ -123,13 +163,57 @@ impl PlanArgs {
     }
 }
 
+fn install(
+    plan: &Plan,
+    backend: Backend,
+    udp_plan: Option<&UdpPlan>,
+    bpffs: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    apply::install(plan, backend)?;
+    println!(
+        "mesh-redirect: interception installed ({backend:?}): outbound -> :{}, inbound -> :{}",
+        plan.outbound_port, plan.inbound_port
+    );
+    if let Some(u) = udp_plan {
+        if let Err(e) = udp::install(u, bpffs) {
+            // One step: TCP without the UDP the caller asked for is not an installation.
+            let _ = apply::uninstall(backend);
+            return Err(e.into());
+        }
+        println!(
+            "mesh-redirect: UDP interception installed (eBPF): outbound -> :{}/udp, inbound ports {}-{} -> :{}/udp",
+            u.outbound_port, u.inbound_range.0, u.inbound_range.1, u.inbound_port
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The counters of installed UDP programs, as `# name value` lines after the plan.
+fn show_udp_stats(bpffs: &std::path::Path) {
+    match udp::stats(bpffs) {
+        Ok(s) if s.is_empty() => {
+            println!("# UDP programs: not installed in this network namespace")
+        }
+        Ok(s) => {
+            println!("# UDP programs installed; counters:");
+            for (name, v) in s {
+                println!("# {name} {v}");
+            }
+        }
+        Err(e) => println!("# UDP counters unavailable: {e}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Cmd::Uninstall { backend } => apply::uninstall((*backend).into()).map(|()| {
-            println!("mesh-redirect: interception removed");
-            ExitCode::SUCCESS
-        }),
+        Cmd::Uninstall { backend, bpffs } => apply::uninstall((*backend).into())
+            .map_err(anyhow::Error::from)
+            .and_then(|()| udp::uninstall(bpffs).map_err(anyhow::Error::from))
+            .map(|()| {
+                println!("mesh-redirect: interception removed");
+                ExitCode::SUCCESS
+            }),
         Cmd::Install(a) | Cmd::Verify(a) | Cmd::Show(a) => {
             let plan = match a.plan() {
                 Ok(p) => p,
@@ -139,35 +223,37 @@ fn main() -> ExitCode {
                 }
             };
             let backend: Backend = a.backend.into();
+            let udp_plan = a.udp_plan(&plan);
             match &cli.command {
-                Cmd::Install(_) => apply::install(&plan, backend).map(|()| {
-                    println!(
-                        "mesh-redirect: interception installed ({backend:?}): outbound -> :{}, inbound -> :{}",
-                        plan.outbound_port, plan.inbound_port
-                    );
-                    ExitCode::SUCCESS
-                }),
-                Cmd::Verify(_) => apply::verify(&plan, backend).map(|diff| {
+                Cmd::Install(_) => install(&plan, backend, udp_plan.as_ref(), &a.bpffs),
+                Cmd::Verify(_) => apply::verify(&plan, backend).map_err(anyhow::Error::from).and_then(|mut diff| {
+                    if let Some(u) = &udp_plan {
+                        diff.extend(udp::verify(u, &a.bpffs)?);
+                    }
                     if diff.is_empty() {
                         println!("mesh-redirect: rules match the plan");
-                        ExitCode::SUCCESS
+                        Ok(ExitCode::SUCCESS)
                     } else {
                         eprintln!("mesh-redirect: rules differ from the plan (- missing, + unexpected):");
                         for d in diff {
                             eprintln!("  {d}");
                         }
-                        ExitCode::from(1)
+                        Ok(ExitCode::from(1))
                     }
                 }),
                 _ => {
                     print!("{}", apply::render(&plan, backend));
+                    if let Some(u) = &udp_plan {
+                        print!("{}", u.render());
+                        show_udp_stats(&a.bpffs);
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
             }
         }
     };
     result.unwrap_or_else(|e| {
-        eprintln!("mesh-redirect: {e}");
+        eprintln!("mesh-redirect: {e:#}");
         ExitCode::from(1)
     })
 }
