@@ -171,6 +171,13 @@ pub enum UdpError {
     )]
     NoBpffs { path: String, source: nix::Error },
     #[error(
+        "{path} is not a BPF filesystem, and this process runs in a mount namespace of its own \
+         (`ip netns exec`, or a container), where a BPF filesystem mounted now would vanish \
+         with it and take the interception along; give it the host's (in Kubernetes, a \
+         hostPath volume for /sys/fs/bpf) or run with `nsenter --net=` instead"
+    )]
+    PrivateMountNs { path: String },
+    #[error(
         "the kernel refused the eBPF programs: {0}; loading needs CAP_BPF and CAP_NET_ADMIN \
          (root), and a kernel with BTF and TCX (6.6 or later)"
     )]
@@ -206,11 +213,16 @@ pub fn installed(bpffs: &Path) -> Result<bool, UdpError> {
 }
 
 fn ensure_bpffs(bpffs: &Path) -> Result<(), UdpError> {
-    let is_bpffs = |p: &Path| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-    };
+    let is_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     if is_bpffs(bpffs) {
         return Ok(());
+    }
+    let mnt_ns = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+    if mnt_ns("/proc/self/ns/mnt") != mnt_ns("/proc/1/ns/mnt") {
+        return Err(UdpError::PrivateMountNs {
+            path: bpffs.display().to_string(),
+        });
     }
     std::fs::create_dir_all(bpffs).map_err(|e| io(bpffs.display().to_string(), e))?;
     nix::mount::mount(

@@ -39,6 +39,7 @@ pub mod state;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tls;
+mod udp;
 mod worker;
 pub mod workload;
 

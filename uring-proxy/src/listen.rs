@@ -90,3 +90,46 @@ pub fn bind_group(
     }
     Ok(out)
 }
+
+fn udp_socket_for(addr: SocketAddr, mark: Option<u32>) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    s.set_reuse_address(true)?;
+    // The interception programs take the header off the relay's replies only when they
+    // carry the proxy's mark, and checksum-free replies leave them nothing to get wrong.
+    if let Some(m) = mark {
+        s.set_mark(m)?;
+    }
+    crate::sys::set_udp_no_check(std::os::fd::AsFd::as_fd(&s))?;
+    Ok(s)
+}
+
+/// Binds `count` SO_REUSEPORT UDP sockets on `addr` (non-blocking, with the bypass mark), after
+/// the same probe as [`bind_group`].
+pub fn bind_udp_group(
+    what: &'static str,
+    addr: SocketAddr,
+    count: usize,
+    mark: Option<u32>,
+) -> Result<Vec<std::net::UdpSocket>, BindError> {
+    let err = |e| classify(what, addr)(e);
+    if addr.port() != 0 {
+        let probe = udp_socket_for(addr, mark).map_err(err)?;
+        probe.bind(&addr.into()).map_err(err)?;
+    }
+    let mut bound = addr;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let s = udp_socket_for(bound, mark).map_err(err)?;
+        s.set_reuse_port(true).map_err(err)?;
+        s.bind(&bound.into()).map_err(err)?;
+        if bound.port() == 0 {
+            bound = s.local_addr().map_err(err)?.as_socket().unwrap_or(bound);
+        }
+        out.push(s.into());
+    }
+    Ok(out)
+}

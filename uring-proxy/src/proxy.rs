@@ -157,6 +157,22 @@ impl Proxy {
         };
         let outbound_addr = addr_of(&outbound, listeners.outbound);
         let inbound_addr = addr_of(&inbound, listeners.inbound);
+        let mark = config.boot.bypass_mark.map(|m| m.get());
+        let bind_udp = |what, addr: Option<std::net::SocketAddr>| match addr {
+            Some(a) => listen::bind_udp_group(what, a, n, mark).map(Some),
+            None => Ok(None),
+        };
+        let udp_outbound = bind_udp("outbound UDP relay", listeners.udp_outbound)?;
+        let udp_inbound = bind_udp("inbound UDP relay", listeners.udp_inbound)?;
+        let udp_addr = |s: &Option<Vec<std::net::UdpSocket>>| {
+            s.as_ref()
+                .and_then(|v| v.first())
+                .and_then(|s| s.local_addr().ok())
+        };
+        let udp_outbound_addr = udp_addr(&udp_outbound);
+        let udp_inbound_addr = udp_addr(&udp_inbound);
+        let mut udp_outbound = udp_outbound.map(Vec::into_iter);
+        let mut udp_inbound = udp_inbound.map(Vec::into_iter);
         let admin = if opts.admin {
             let a = config.boot.admin;
             let l = std::net::TcpListener::bind(a).map_err(|e| match e.kind() {
@@ -178,6 +194,8 @@ impl Proxy {
 
         let mut own = vec![outbound_addr, inbound_addr];
         own.extend(admin_addr);
+        own.extend(udp_outbound_addr);
+        own.extend(udp_inbound_addr);
         let shared = Shared::new(SharedSetup {
             config,
             source: config_source,
@@ -207,6 +225,25 @@ impl Proxy {
                         listener: i,
                     },
                 ],
+                udp: [
+                    (
+                        Direction::Outbound,
+                        udp_outbound.as_mut().and_then(Iterator::next),
+                    ),
+                    (
+                        Direction::Inbound,
+                        udp_inbound.as_mut().and_then(Iterator::next),
+                    ),
+                ]
+                .into_iter()
+                .filter_map(|(dir, s)| {
+                    s.map(|socket| crate::udp::UdpSetup {
+                        dir,
+                        workload: 0,
+                        socket,
+                    })
+                })
+                .collect(),
             };
             workers.push(
                 worker::spawn(setup, shared.clone(), opts.orig_dst.clone())
@@ -233,6 +270,8 @@ impl Proxy {
             driver = shared.driver.kind.as_str(),
             outbound = %outbound_addr,
             inbound = %inbound_addr,
+            udp_outbound = ?udp_outbound_addr,
+            udp_inbound = ?udp_inbound_addr,
             admin = ?admin_addr,
             workload = %shared.workloads[0].key,
             config_version = %snap.config.version,

@@ -24,6 +24,10 @@ impl LocalSignal {
         }
     }
 
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
     pub(crate) fn wait(&self) -> Wait<'_> {
         Wait {
             signal: self,

@@ -1,5 +1,6 @@
 //! Every syscall the data plane makes outside the runtime, through socket2 and nix; the only
-//! `unsafe` code in this crate is the one borrow below.
+//! `unsafe` code in this crate is the fd borrow and the one socket option below that neither
+//! library offers.
 //!
 //! Readiness comes from the runtime (an io_uring poll or epoll); the bytes then move with
 //! non-blocking `splice(2)`, `recv(2)` and `send(2)` here. io_uring's own splice op would park
@@ -12,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags};
-use nix::sys::socket::MsgFlags;
+use nix::sys::socket::{MsgFlags, SockaddrIn, SockaddrIn6};
 use socket2::SockRef;
 
 fn io(e: Errno) -> io::Error {
@@ -112,6 +113,45 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 /// Non-blocking `send(2)` of `buf`, without SIGPIPE when the peer is gone.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     nix::sys::socket::send(fd, buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL).map_err(io)
+}
+
+/// Non-blocking `recvfrom(2)` of one IPv4 datagram into `buf` (the socket is O_NONBLOCK).
+pub fn recv_from_v4(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    let (n, from) = nix::sys::socket::recvfrom::<SockaddrIn>(fd, buf).map_err(io)?;
+    let from = from.ok_or_else(|| io::Error::other("datagram without a source address"))?;
+    Ok((n, SocketAddr::V4(from.into())))
+}
+
+/// Non-blocking `sendto(2)` of one datagram.
+pub fn send_to(fd: RawFd, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    match to {
+        SocketAddr::V4(a) => nix::sys::socket::sendto(fd, buf, &SockaddrIn::from(a), flags),
+        SocketAddr::V6(a) => nix::sys::socket::sendto(fd, buf, &SockaddrIn6::from(a), flags),
+    }
+    .map_err(io)
+}
+
+/// `SO_NO_CHECK`: send IPv4 UDP without a checksum (the kernel then leaves none for the
+/// eBPF program that rewrites the datagram to get wrong).
+pub fn set_udp_no_check(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `fd` is a borrowed, open socket; the option value points at a live `c_int` and
+    // the length passed is its size, which is what SO_NO_CHECK reads.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The CPUs this process may run on (its affinity mask), in order.

@@ -47,6 +47,8 @@ pub(crate) struct WorkerSetup {
     pub id: usize,
     pub cpu: Option<usize>,
     pub listeners: Vec<ListenerSetup>,
+    /// The UDP relay sockets (none when the relays are off).
+    pub udp: Vec<crate::udp::UdpSetup>,
 }
 
 /// Makes a panic on a worker thread abort the process, after saying so on stderr directly
@@ -84,13 +86,14 @@ pub(crate) fn spawn(
             }
             let kind = shared.driver.kind;
             let ctx = Rc::new(WorkerCtx::new(setup.id, shared, orig_dst));
-            driver::block_on(kind, || run(ctx, setup.listeners, kind))?
+            driver::block_on(kind, || run(ctx, setup.listeners, setup.udp, kind))?
         })
 }
 
 async fn run(
     ctx: Rc<WorkerCtx>,
     listeners: Vec<ListenerSetup>,
+    udp: Vec<crate::udp::UdpSetup>,
     kind: DriverKind,
 ) -> io::Result<()> {
     let mut phase = ctx.shared.phase.subscribe();
@@ -99,6 +102,9 @@ async fn run(
         l.listener.set_nonblocking(kind == DriverKind::Epoll)?;
         let listener = TcpListener::from_std(l.listener)?;
         monoio::spawn(accept_loop(ctx.clone(), l.dir, l.workload, listener));
+    }
+    for u in udp {
+        crate::udp::spawn(ctx.clone(), u)?;
     }
     monoio::spawn(sweep_idle(ctx.clone()));
     monoio::spawn(heartbeat(ctx.clone()));

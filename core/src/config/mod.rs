@@ -34,7 +34,7 @@ mod version;
 pub use raw::{
     IdentitySourceKind, RawAccess, RawAccessRule, RawConfig, RawControlPlane, RawDestination,
     RawEndpoint, RawIdentity, RawInbound, RawLimits, RawListeners, RawNats, RawNatsTls, RawService,
-    RawTcp, RawTimeouts,
+    RawTcp, RawTimeouts, RawUdp,
 };
 pub use validate::bounds;
 pub use version::VersionId;
@@ -218,6 +218,12 @@ impl BootConfig {
         if self.listeners.inbound != next.listeners.inbound {
             out.push("listeners.inbound");
         }
+        if self.listeners.udp_outbound != next.listeners.udp_outbound {
+            out.push("listeners.udp_outbound");
+        }
+        if self.listeners.udp_inbound != next.listeners.udp_inbound {
+            out.push("listeners.udp_inbound");
+        }
         if self.admin != next.admin {
             out.push("admin");
         }
@@ -243,6 +249,7 @@ pub struct LiveConfig {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub tcp: TcpOptions,
+    pub udp: UdpOptions,
     pub copy: CopyMode,
     pub egress: EgressPolicy,
     pub services: Vec<Service>,
@@ -256,6 +263,16 @@ pub struct LiveConfig {
 pub struct Listeners {
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
+    /// The UDP relays (`None`: off).
+    pub udp_outbound: Option<SocketAddr>,
+    pub udp_inbound: Option<SocketAddr>,
+}
+
+/// The UDP relay's flow table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpOptions {
+    pub idle: Duration,
+    pub max_flows_per_worker: NonZeroU32,
 }
 
 /// Every timeout, each within [`bounds`].

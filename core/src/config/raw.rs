@@ -38,6 +38,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub tcp: RawTcp,
     #[serde(default)]
+    pub udp: RawUdp,
+    #[serde(default)]
     pub copy: CopyMode,
     #[serde(default)]
     pub egress: EgressPolicy,
@@ -179,6 +181,14 @@ pub struct RawListeners {
     pub outbound: String,
     #[serde(default = "default_inbound")]
     pub inbound: String,
+    /// The outbound UDP relay, IPv4 (the eBPF interception carries IPv4 datagrams), or `off`.
+    /// Unset: the outbound TCP listener's port, on `0.0.0.0` when that listener is on `[::]`
+    /// or `0.0.0.0`, on its own address when it is an IPv4 one (off for other IPv6 ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_outbound: Option<String>,
+    /// The inbound UDP relay, or `off`; unset follows the inbound TCP listener the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_inbound: Option<String>,
 }
 
 impl Default for RawListeners {
@@ -186,6 +196,31 @@ impl Default for RawListeners {
         Self {
             outbound: default_outbound(),
             inbound: default_inbound(),
+            udp_outbound: None,
+            udp_inbound: None,
+        }
+    }
+}
+
+/// The UDP relay's flow table (live).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUdp {
+    /// A flow (source, original destination) with no datagram either way for this long is
+    /// closed.
+    #[serde(default = "default_udp_idle")]
+    pub idle_timeout: String,
+    /// Flows one worker holds per direction; a new flow in a full table evicts the least
+    /// recently used one. Each flow holds one socket.
+    #[serde(default = "default_udp_flows")]
+    pub max_flows_per_worker: u32,
+}
+
+impl Default for RawUdp {
+    fn default() -> Self {
+        Self {
+            idle_timeout: default_udp_idle(),
+            max_flows_per_worker: default_udp_flows(),
         }
     }
 }
@@ -304,6 +339,12 @@ fn default_outbound() -> String {
 }
 fn default_inbound() -> String {
     "[::]:15006".into()
+}
+fn default_udp_idle() -> String {
+    "30s".into()
+}
+fn default_udp_flows() -> u32 {
+    4096
 }
 fn default_connect_timeout() -> String {
     "1s".into()

@@ -145,6 +145,53 @@ services:
 }
 
 #[test]
+fn udp_relays_follow_the_tcp_listeners_unless_set() {
+    let c = Config::embedded_default();
+    assert_eq!(
+        c.boot.listeners.udp_outbound,
+        Some("0.0.0.0:15001".parse().unwrap())
+    );
+    assert_eq!(
+        c.boot.listeners.udp_inbound,
+        Some("0.0.0.0:15006".parse().unwrap())
+    );
+    let c = Config::from_str(
+        "listeners: { outbound: \"127.0.0.1:0\", inbound: \"[::1]:7\", udp_inbound: \"10.0.0.1:9\" }",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        c.boot.listeners.udp_outbound,
+        Some("127.0.0.1:0".parse().unwrap())
+    );
+    assert_eq!(
+        c.boot.listeners.udp_inbound,
+        Some("10.0.0.1:9".parse().unwrap())
+    );
+    let c = Config::from_str(
+        "listeners: { inbound: \"[::1]:7\", udp_outbound: \"off\" }",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(c.boot.listeners.udp_outbound, None);
+    assert_eq!(
+        c.boot.listeners.udp_inbound, None,
+        "an IPv6 address has no IPv4 relay"
+    );
+    let errs = errors(
+        "listeners: { udp_outbound: \"[::]:5\", udp_inbound: \"0.0.0.0:15001\" }\nudp: { idle_timeout: 0s, max_flows_per_worker: 0 }",
+    );
+    assert_eq!(
+        errs,
+        [
+            "listeners.udp_outbound: [::]:5: the UDP relays are IPv4 (the eBPF interception carries IPv4 datagrams)",
+            "udp.idle_timeout: must be longer than zero",
+            "udp.max_flows_per_worker: 0 is not between 1 and 65536",
+        ]
+    );
+}
+
+#[test]
 fn same_port_for_both_listeners_is_refused() {
     let errs = errors("listeners: { outbound: \"[::]:15001\", inbound: \"0.0.0.0:15001\" }");
     assert_eq!(
@@ -395,7 +442,13 @@ fn restart_only_fields_are_named() {
     .unwrap();
     assert_eq!(
         a.boot.restart_fields(&b.boot),
-        ["listeners.outbound", "admin", "identity", "workers"]
+        [
+            "listeners.outbound",
+            "listeners.udp_outbound",
+            "admin",
+            "identity",
+            "workers"
+        ]
     );
     assert!(a.boot.restart_fields(&a.boot).is_empty());
     let boot = b.raw_boot();

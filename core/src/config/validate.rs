@@ -2,7 +2,7 @@
 //! path, and every duration and size held within [`bounds`].
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use super::raw::{
 };
 use super::{
     BootConfig, Config, ConfigError, Endpoint, IdentityConfig, InboundPolicy, Keepalive, Limits,
-    Listeners, LiveConfig, NatsConfig, Service, TcpOptions, Timeouts, VersionId,
+    Listeners, LiveConfig, NatsConfig, Service, TcpOptions, Timeouts, UdpOptions, VersionId,
 };
 use crate::access::{AccessPolicy, Rule as AccessRule};
 use crate::addr::canonical;
@@ -37,12 +37,36 @@ pub mod bounds {
     pub const USER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
     pub const MAX_CONNECTIONS_PER_WORKER: u32 = 1_000_000;
     pub const WORKERS: u32 = 1024;
+    /// UDP flows per worker and direction (each holds a socket; the process may have
+    /// 20,000 descriptors here).
+    pub const UDP_FLOWS_PER_WORKER: u32 = 65_536;
     /// Services and endpoints in one config.
     pub const SERVICES: usize = 100_000;
     pub const ENDPOINTS_PER_SERVICE: usize = 100_000;
     /// Access rules, and sources in one rule.
     pub const ACCESS_RULES: usize = 10_000;
     pub const RULE_SOURCES: usize = 10_000;
+}
+
+/// A UDP relay address: `Some(None)` when off, `None` when invalid.
+fn udp_listener(
+    raw: Option<&str>,
+    tcp: Option<SocketAddr>,
+    path: &str,
+    errs: &mut Vec<ConfigError>,
+) -> Option<Option<SocketAddr>> {
+    match raw {
+        Some("off") => Some(None),
+        Some(s) => parse_addr(s, path, errs).map(Some),
+        // Follows the TCP listener (whose own errors are reported under its own path).
+        None => Some(tcp.and_then(|t| match t.ip() {
+            IpAddr::V4(_) => Some(t),
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), t.port()))
+            }
+            IpAddr::V6(_) => None,
+        })),
+    }
 }
 
 fn parse_addr(s: &str, path: &str, errs: &mut Vec<ConfigError>) -> Option<SocketAddr> {
@@ -126,6 +150,66 @@ impl RawConfig {
                 format!("port {} is also the outbound listener's port", i.port()),
             ));
         }
+        let udp_outbound = udp_listener(
+            self.listeners.udp_outbound.as_deref(),
+            outbound,
+            "listeners.udp_outbound",
+            &mut errs,
+        );
+        let udp_inbound = udp_listener(
+            self.listeners.udp_inbound.as_deref(),
+            inbound,
+            "listeners.udp_inbound",
+            &mut errs,
+        );
+        for (a, path) in [
+            (udp_outbound, "listeners.udp_outbound"),
+            (udp_inbound, "listeners.udp_inbound"),
+        ] {
+            if let Some(Some(a)) = a
+                && !a.is_ipv4()
+            {
+                errs.push(ConfigError::new(
+                    path,
+                    format!("{a}: the UDP relays are IPv4 (the eBPF interception carries IPv4 datagrams)"),
+                ));
+            }
+        }
+        // (Derived from the TCP listeners, a clash is already reported for them.)
+        let udp_explicit =
+            self.listeners.udp_outbound.is_some() || self.listeners.udp_inbound.is_some();
+        if let (true, Some(Some(o)), Some(Some(i))) = (udp_explicit, udp_outbound, udp_inbound)
+            && o.port() == i.port()
+            && o.port() != 0
+        {
+            errs.push(ConfigError::new(
+                "listeners.udp_inbound",
+                format!("port {} is also the outbound UDP relay's port", i.port()),
+            ));
+        }
+        let udp_idle = parse_duration(
+            &self.udp.idle_timeout,
+            "udp.idle_timeout",
+            bounds::IDLE,
+            &mut errs,
+        );
+        let udp_flows = match self.udp.max_flows_per_worker {
+            n @ 1..=bounds::UDP_FLOWS_PER_WORKER => NonZeroU32::new(n),
+            n => {
+                errs.push(ConfigError::new(
+                    "udp.max_flows_per_worker",
+                    format!("{n} is not between 1 and {}", bounds::UDP_FLOWS_PER_WORKER),
+                ));
+                None
+            }
+        };
+        let udp = match (udp_idle, udp_flows) {
+            (Some(idle), Some(max_flows_per_worker)) => Some(UdpOptions {
+                idle,
+                max_flows_per_worker,
+            }),
+            _ => None,
+        };
         let admin = parse_addr(&self.admin, "admin", &mut errs);
         let workers = match self.workers {
             None => None,
@@ -253,16 +337,27 @@ impl RawConfig {
             }),
             _ => None,
         };
-        match (outbound, inbound, admin, timeouts, max_conns, tcp) {
-            (Some(outbound), Some(inbound), Some(admin), Some(timeouts), Some(max), Some(tcp))
-                if errs.is_empty() =>
-            {
+        match (outbound, inbound, admin, timeouts, max_conns, tcp, udp) {
+            (
+                Some(outbound),
+                Some(inbound),
+                Some(admin),
+                Some(timeouts),
+                Some(max),
+                Some(tcp),
+                Some(udp),
+            ) if errs.is_empty() => {
                 // Services were validated one by one; a valid config has all of them, so the
                 // vip index (raw positions) is also an index into `services`.
                 Ok(Config {
                     version: VersionId::of(&self),
                     boot: BootConfig {
-                        listeners: Listeners { outbound, inbound },
+                        listeners: Listeners {
+                            outbound,
+                            inbound,
+                            udp_outbound: udp_outbound.flatten(),
+                            udp_inbound: udp_inbound.flatten(),
+                        },
                         admin,
                         identity,
                         workers,
@@ -275,6 +370,7 @@ impl RawConfig {
                             max_connections_per_worker: max,
                         },
                         tcp,
+                        udp,
                         copy: self.copy,
                         egress: self.egress,
                         services,

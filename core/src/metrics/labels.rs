@@ -173,3 +173,29 @@ label_enum!(
     /// Why accept failed.
     AcceptError { FdExhausted => "fd_exhausted", Other => "other" }
 );
+
+label_enum!(
+    /// Why the relay dropped a datagram.
+    UdpDrop {
+        /// Its PROXY v2 header was refused (the `reason` label says why, from
+        /// `proxy_v2::Malformed`): only that datagram is dropped.
+        Malformed => "malformed_header",
+        /// A header without addresses (LOCAL, or the UNSPEC family): nowhere to send it.
+        NoAddresses => "no_addresses",
+        /// The header's source is not the datagram's own source (the interception never
+        /// writes such a header: a local process forged it).
+        SourceMismatch => "source_mismatch",
+        /// Its original destination is the proxy's own listener.
+        RedirectLoop => "redirect_loop",
+        /// Unknown destination and egress is denied.
+        EgressDenied => "egress_denied",
+        /// The kernel refused the send (the upstream's port unreachable, no route, ...).
+        SendFailed => "send_failed",
+        /// No socket could be opened for a new flow (out of file descriptors).
+        NoSocket => "no_socket",
+        /// A reply longer than a datagram can carry with its header.
+        Oversized => "oversized",
+        /// Draining: no new flows.
+        Draining => "draining",
+    }
+);

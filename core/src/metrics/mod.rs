@@ -10,16 +10,18 @@
 mod labels;
 mod render;
 mod shard;
+mod udp;
 
 pub use labels::{
     AcceptError, CopyKind, CopyMethod, Detection, Direction, HandshakeResult, Outcome, RouteKind,
-    Security, Side,
+    Security, Side, UdpDrop,
 };
 pub use render::{ConfigInfo, IdentityInfo, NatsInfo, ProcessInfo, WorkloadMetrics, render};
 pub use shard::{
     Counter, DURATION_BUCKETS, Gauge, HANDSHAKE_BUCKETS, Histogram, LABEL_SLOTS, LabelTable,
     OVERFLOW_LABEL, WorkerShard, WorkerStats,
 };
+pub use udp::UdpShard;
 
 #[cfg(test)]
 mod tests;

@@ -165,6 +165,11 @@ pub fn render(
     process(&mut o, workers, info);
     identity(&mut o, workloads);
     connections(&mut o, workloads);
+    super::udp::render(&mut o.0, workloads, |s| {
+        let mut t = String::new();
+        escape_into(&mut t, s);
+        t
+    });
     o.0
 }
 

@@ -179,6 +179,8 @@ pub struct WorkerShard {
     pub(crate) accept_errors: [Counter; AcceptError::COUNT],
     /// Access-policy refusals by source SPIFFE ID (`none`: a peer without one).
     pub(crate) denied_sources: LabelTable,
+    /// The UDP relay's counters.
+    pub udp: super::udp::UdpShard,
 }
 
 impl Default for WorkerShard {
@@ -200,6 +202,7 @@ impl Default for WorkerShard {
             splice_fallbacks: Counter::default(),
             accept_errors: Default::default(),
             denied_sources: LabelTable::default(),
+            udp: Default::default(),
         }
     }
 }
