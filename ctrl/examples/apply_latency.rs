@@ -38,14 +38,26 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let (url, ca, cert, key) = (a[1].clone(), a[2].clone().into(), a[3].clone().into(), a[4].clone().into());
+    let (url, ca, cert, key) = (
+        a[1].clone(),
+        a[2].clone().into(),
+        a[3].clone().into(),
+        a[4].clone().into(),
+    );
     let followers: usize = a[5].parse().unwrap();
     let pushes: u64 = a[6].parse().unwrap();
     let services: usize = a[7].parse().unwrap();
     let material = Arc::new(FileMaterial::load(&ca, &cert, &key).unwrap());
-    let js = publish::connect(std::slice::from_ref(&url), material.clone()).await.unwrap();
-    let (kv, _) = publish::ensure_buckets(&js, CONFIG_BUCKET, STATUS_BUCKET, 1).await.unwrap();
-    let base = publish::manifest(&kv, &Scope::Mesh).await.unwrap().map_or(0, |(m, _)| m.version);
+    let js = publish::connect(std::slice::from_ref(&url), material.clone())
+        .await
+        .unwrap();
+    let (kv, _) = publish::ensure_buckets(&js, CONFIG_BUCKET, STATUS_BUCKET, 1)
+        .await
+        .unwrap();
+    let base = publish::manifest(&kv, &Scope::Mesh)
+        .await
+        .unwrap()
+        .map_or(0, |(m, _)| m.version);
     // Applied (follower, version, when).
     let seen: Arc<Mutex<Vec<(usize, u64, Instant)>>> = Arc::default();
     for f in 0..followers {
@@ -64,7 +76,9 @@ async fn main() {
         let seen = seen.clone();
         tokio::spawn(async move {
             while let Some(o) = offers.recv().await {
-                seen.lock().unwrap().push((f, o.versions.mesh, Instant::now()));
+                seen.lock()
+                    .unwrap()
+                    .push((f, o.versions.mesh, Instant::now()));
                 let _ = o.reply.send(Ok(()));
             }
         });
@@ -77,7 +91,13 @@ async fn main() {
         publish::push(&kv, &Scope::Mesh, d, Some(v)).await.unwrap();
         let deadline = t0 + Duration::from_secs(60);
         loop {
-            let done: Vec<Instant> = seen.lock().unwrap().iter().filter(|(_, ver, _)| *ver == v).map(|(_, _, t)| *t).collect();
+            let done: Vec<Instant> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, ver, _)| *ver == v)
+                .map(|(_, _, t)| *t)
+                .collect();
             if done.len() == followers {
                 // The first push warms the followers up (connect, initial read): not counted.
                 if i > 1 {
@@ -85,7 +105,11 @@ async fn main() {
                 }
                 break;
             }
-            assert!(Instant::now() < deadline, "version {v}: {} of {followers} followers", done.len());
+            assert!(
+                Instant::now() < deadline,
+                "version {v}: {} of {followers} followers",
+                done.len()
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
     }
