@@ -217,3 +217,168 @@ fn bad_plans_are_refused_with_a_reason() {
         text(&out)
     );
 }
+
+impl Netns {
+    /// Like [`run`](Self::run), with `nsenter --net` (which keeps the host's /sys/fs/bpf;
+    /// `ip netns exec` hides it, and the UDP programs need it to pin).
+    fn nsenter(&self, prog: &str, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.0))
+            .arg(prog)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn pin_dir(&self) -> std::path::PathBuf {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(format!("/run/netns/{}", self.0))
+            .unwrap()
+            .ino();
+        std::path::PathBuf::from(format!("/sys/fs/bpf/ringmesh/net-{ino}"))
+    }
+}
+
+/// The UDP programs pass this kernel's verifier, attach to every interface, verify, show
+/// their counters, and leave nothing behind: no link, pin, program or changed sysctl.
+#[test]
+fn udp_programs_load_attach_and_leave_nothing() {
+    let ns = Netns::new();
+    let setup = ns.sh(
+        "ip link set lo up && ip link add rk0 type veth peer name rk1 && ip link set rk0 up && \
+         ip link set rk1 up && sysctl -qw net.ipv4.conf.rk0.rp_filter=1 && echo ok",
+    );
+    assert_eq!(setup.trim(), "ok");
+    let sysctls = |ns: &Netns| {
+        ns.sh("sysctl -n net.ipv4.conf.rk0.accept_local net.ipv4.conf.rk1.accept_local net.ipv4.conf.rk0.rp_filter net.ipv4.conf.all.rp_filter")
+    };
+    let before = sysctls(&ns);
+    let redirect = env!("CARGO_BIN_EXE_mesh-redirect");
+    let plan = [
+        "--backend",
+        "nftables",
+        "--udp",
+        "--exclude-outbound-ports",
+        "5353",
+        "--exclude-outbound-cidrs",
+        "10.9.0.0/16,fd00::/8",
+    ];
+    let mut install = vec!["install"];
+    install.extend_from_slice(&plan);
+    let out = ns.nsenter(redirect, &install);
+    assert!(ok(&out), "{}", text(&out));
+    // Twice leaves one copy.
+    let out = ns.nsenter(redirect, &install);
+    assert!(ok(&out), "{}", text(&out));
+
+    let dir = ns.pin_dir();
+    for pin in [
+        "settings",
+        "stats",
+        "saved",
+        "link_lo_egress",
+        "link_egress_rk0",
+        "link_ingress_rk1",
+    ] {
+        assert!(
+            dir.join(pin).exists(),
+            "{pin} not pinned in {}",
+            dir.display()
+        );
+    }
+    // Each pinned link is a live TCX attachment of one of our programs.
+    let mut prog_ids = Vec::new();
+    let mut names = Vec::new();
+    for pin in [
+        "link_lo_egress",
+        "link_egress_rk0",
+        "link_egress_rk1",
+        "link_ingress_rk0",
+        "link_ingress_rk1",
+    ] {
+        let out = Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(dir.join(pin))
+            .output()
+            .unwrap();
+        assert!(ok(&out), "{pin}: {}", text(&out));
+        let link = String::from_utf8_lossy(&out.stdout).into_owned();
+        let id = link
+            .split("\"prog_id\":")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .unwrap_or_else(|| panic!("no prog_id in {link}"))
+            .to_string();
+        let prog = Command::new("bpftool")
+            .args(["prog", "show", "id", &id])
+            .output()
+            .unwrap();
+        names.push(
+            text(&prog)
+                .split_whitespace()
+                .nth(3)
+                .unwrap_or("")
+                .to_string(),
+        );
+        prog_ids.push(id);
+    }
+    assert_eq!(
+        names,
+        [
+            "udp_lo",
+            "udp_egress",
+            "udp_egress",
+            "udp_ingress",
+            "udp_ingress"
+        ]
+    );
+    let after = sysctls(&ns);
+    assert_eq!(
+        after.split_whitespace().collect::<Vec<_>>(),
+        ["1", "1", "2", after.split_whitespace().nth(3).unwrap()],
+        "accept_local on, strict rp_filter loosened"
+    );
+
+    let mut verify = vec!["verify"];
+    verify.extend_from_slice(&plan);
+    let out = ns.nsenter(redirect, &verify);
+    assert!(ok(&out), "{}", text(&out));
+    // A different plan is a difference.
+    let out = ns.nsenter(
+        redirect,
+        &[
+            "verify",
+            "--backend",
+            "nftables",
+            "--udp",
+            "--udp-outbound-port",
+            "15999",
+        ],
+    );
+    assert!(!ok(&out), "a changed port verifies: {}", text(&out));
+    assert!(text(&out).contains("UDP settings"), "{}", text(&out));
+
+    let out = ns.nsenter(redirect, &["show", "--backend", "nftables", "--udp"]);
+    let shown = text(&out);
+    assert!(shown.contains("# UDP programs installed"), "{shown}");
+    assert!(shown.contains("# steered_outbound 0"), "{shown}");
+
+    // Under `ip netns exec` there is no BPF filesystem to pin into: a clear refusal.
+    let out = ns.redirect(&install);
+    assert!(!ok(&out));
+    assert!(text(&out).contains("nsenter --net="), "{}", text(&out));
+
+    let out = ns.nsenter(redirect, &["uninstall", "--backend", "nftables"]);
+    assert!(ok(&out), "{}", text(&out));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_eq!(sysctls(&ns), before, "sysctls restored");
+    for id in prog_ids {
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "id", &id])
+            .output()
+            .unwrap();
+        assert!(!ok(&out), "program {id} still loaded: {}", text(&out));
+    }
+    let out = ns.nsenter(redirect, &["verify", "--backend", "nftables", "--udp"]);
+    assert!(!ok(&out));
+}
