@@ -471,7 +471,12 @@ pub fn uninstall(bpffs: &Path) -> Result<(), UdpError> {
         }) {
             Ok(saved) => {
                 for (k, v) in saved.iter().flatten() {
-                    if let Err(e) = write_sysctl(&sysctl_name(&k), v) {
+                    let name = sysctl_name(&k);
+                    // An interface that is gone took its settings with it.
+                    if !sysctl_path(&name).exists() {
+                        continue;
+                    }
+                    if let Err(e) = write_sysctl(&name, v) {
                         errors.push(e.to_string());
                     }
                 }
