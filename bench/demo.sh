@@ -26,17 +26,19 @@ PROXY_UID=1337
 step "Two pods: $POD_A ($POD_A_IP4, $POD_A_IP6) and $POD_B ($POD_B_IP4, $POD_B_IP6), one veth link"
 testbed_up
 
-step "Interception: mesh-redirect install in both pods"
+step "Interception: mesh-redirect install --udp in both pods (TCP rules and UDP eBPF programs)"
 # pod-a's sidecar runs as uid $PROXY_UID and is exempted by uid; pod-b's runs as root and
 # is exempted by its socket mark (1337, the default). The control plane's port (NATS, 4222)
 # is not intercepted.
-in_pod "$POD_A" "$bin/mesh-redirect" install --backend iptables --proxy-uid "$PROXY_UID" --no-mark \
+tb_udp_install "$POD_A" "$bin/mesh-redirect" --backend iptables --proxy-uid "$PROXY_UID" --no-mark \
   --exclude-outbound-ports 4222 --exclude-inbound-ports 4222
-in_pod "$POD_B" "$bin/mesh-redirect" install --backend nftables --exclude-outbound-ports 4222
+tb_udp_install "$POD_B" "$bin/mesh-redirect" --backend nftables --exclude-outbound-ports 4222
 echo "-- $POD_A (iptables):"
 in_pod "$POD_A" iptables-save -t nat | grep RINGMESH
 echo "-- $POD_B (nftables):"
 in_pod "$POD_B" nft list table inet ringmesh
+echo "-- UDP in both (pinned under /sys/fs/bpf/ringmesh/):"
+ns_pod "$POD_B" "$bin/mesh-redirect" show --udp --backend nftables | sed -n '/^# UDP: eBPF/,/^proxy/p'
 
 step "Identities: a CA, and a development SPIFFE Workload API server (meshctl identity)"
 # It identifies each caller by its uid, as a SPIRE agent would by its selectors: pod-a's
@@ -77,6 +79,11 @@ services:
     addrs: ["10.96.0.10:80", "[fd00:96::10]:80"]
     endpoints:
       - { addr: "$POD_B_IP4:8080", identity: "$ID_B" }
+# pod-b's DNS server, behind the virtual IP 10.96.0.53 (UDP goes in plaintext).
+  - name: dns
+    addrs: ["10.96.0.53:53"]
+    endpoints:
+      - { addr: "$POD_B_IP4:53" }
 YAML
 cat >"$work/pod-b-override.yaml" <<YAML
 # Only for workload demo/pod-b: its app port takes mTLS only, and only from pod-a.
@@ -140,6 +147,20 @@ mkdir -p "$work/www"
 echo "hello from $POD_B" >"$work/www/index.html"
 tb_spawn "$POD_B" "$work/app.log" python3 -u -m http.server 8080 --bind :: --directory "$work/www"
 for _ in $(seq 50); do in_pod "$POD_B" curl -fs -o /dev/null http://127.0.0.1:8080/ && break; sleep 0.1; done
+
+step "App: dnsmasq (a DNS server) on $POD_B_IP4:53 in $POD_B"
+tb_spawn "$POD_B" "$work/dnsmasq.log" dnsmasq --no-daemon --conf-file=/dev/null --no-resolv --no-hosts \
+  --pid-file= --log-facility=- --user=root --bind-interfaces --listen-address="$POD_B_IP4" --port=53 \
+  --address=/hello.demo.test/10.96.0.10
+for _ in $(seq 50); do grep -q started "$work/dnsmasq.log" 2>/dev/null && break; sleep 0.1; done
+
+step "UDP: dig in $POD_A, through both sidecars (eBPF steers each datagram with a PROXY v2 header)"
+for server in 10.96.0.53 "$POD_B_IP4"; do
+  printf '%-34s -> %s\n' "dig @$server hello.demo.test" \
+    "$(in_pod "$POD_A" dig +short +time=2 +tries=2 "@$server" hello.demo.test 2>&1 | tr '\n' ' ')"
+done
+in_pod "$POD_A" curl -s 127.0.0.1:15000/metrics | grep -E '^ringmesh_udp_(datagrams_total\{[^}]*outbound|flows_created_total\{[^}]*outbound)'
+in_pod "$POD_B" curl -s 127.0.0.1:15000/metrics | grep -E '^ringmesh_udp_(datagrams_total\{[^}]*inbound|flows_created_total\{[^}]*inbound)'
 
 step "Traffic: plain curl in $POD_A (it knows nothing of the mesh)"
 while read -r url what; do

@@ -12,6 +12,10 @@ POD_B_IP4=10.200.99.2
 POD_A_IP6=fd00:200:99::1
 POD_B_IP6=fd00:200:99::2
 TB_PIDS=()
+# Pods with UDP interception (pinned eBPF programs), and the mesh-redirect that put it there:
+# testbed_down takes it out before it deletes the namespaces.
+TB_UDP_PODS=()
+TB_REDIRECT=
 
 tb_need_root() {
   if [[ $(id -u) -ne 0 ]]; then
@@ -52,6 +56,24 @@ testbed_up() {
     ip route add default via $POD_A_IP4; ip -6 route add default via $POD_A_IP6"
 }
 
+# ns_pod POD CMD...: like in_pod, with `nsenter --net`, which keeps the host's /sys/fs/bpf
+# (where mesh-redirect pins the UDP programs; `ip netns exec` hides it).
+ns_pod() {
+  local pod=$1
+  shift
+  nsenter --net="/run/netns/$pod" "$@"
+}
+
+# tb_udp_install POD MESH-REDIRECT ARGS...: `mesh-redirect install --udp ARGS` in the pod,
+# remembered for testbed_down.
+tb_udp_install() {
+  local pod=$1
+  TB_REDIRECT=$2
+  shift 2
+  ns_pod "$pod" "$TB_REDIRECT" install --udp "$@"
+  TB_UDP_PODS+=("$pod")
+}
+
 # tb_spawn POD LOG CMD...: starts CMD in the pod in the background, remembers its PID.
 tb_spawn() {
   local pod=$1 log=$2
@@ -69,6 +91,10 @@ testbed_down() {
     wait "$pid" 2>/dev/null || true
   done
   TB_PIDS=()
+  for pod in "${TB_UDP_PODS[@]}"; do
+    ns_pod "$pod" "$TB_REDIRECT" uninstall >/dev/null 2>&1 || true
+  done
+  TB_UDP_PODS=()
   ip netns del "$POD_A" 2>/dev/null || true
   ip netns del "$POD_B" 2>/dev/null || true
 }
