@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # UDP through the mesh, measured: 64-byte request/response datagrams between two namespaced
 # pods, direct (no interception) and through both sidecars (eBPF interception, the relay on
-# io_uring and on epoll), in interleaved rounds of one run; then new flows per second (one
+# io_uring, on io_uring taking one datagram per receive call instead of a recvmmsg batch,
+# and on epoll), in interleaved rounds of one run; then new flows per second (one
 # fresh socket per request). Writes perf/UDP.md with ratios to direct. Benchmarks are not
 # tests: nothing here passes or fails on a number.
 #
@@ -37,30 +38,36 @@ testbed_up
 # The app: mesh-bench's UDP echo on pod-b (CPU 0, beside the load generator).
 tb_spawn "$POD_B" "$work/echo.log" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" serve udp-echo \
   --listen "0.0.0.0:7000" --threads 1 --response-size 64
-# Two pairs of sidecars on CPU 1, one worker each: io_uring on the default ports, epoll on
-# 15021/15026. Pod-a's run as uid 1337 (bypassed by uid), pod-b's as root (by mark).
-for d in uring epoll; do
-  if [[ $d == uring ]]; then p=0; else p=20; fi
-  cat >"$work/$d.yaml" <<CONF
+# Three pairs of sidecars on CPU 1, one worker each: io_uring on the default ports, epoll on
+# 15021/15026, io_uring with udp.recv_batch 1 on 15041/15046. Pod-a's run as uid 1337
+# (bypassed by uid), pod-b's as root (by mark).
+offset() { case $1 in uring) echo 0 ;; epoll) echo 20 ;; uring-b1) echo 40 ;; esac; }
+for c in uring epoll uring-b1; do
+  p=$(offset "$c")
+  d=${c%-b1}
+  batch=16
+  [[ $c == uring-b1 ]] && batch=1
+  cat >"$work/$c.yaml" <<CONF
 listeners: { outbound: "[::]:$((15001 + p))", inbound: "[::]:$((15006 + p))" }
 admin: "127.0.0.1:$((15000 + p))"
+udp: { recv_batch: $batch }
 CONF
-  sed 's/^admin.*/&\nbypass_mark: 0/' "$work/$d.yaml" >"$work/$d-a.yaml"
+  sed 's/^admin.*/&\nbypass_mark: 0/' "$work/$c.yaml" >"$work/$c-a.yaml"
   chmod 644 "$work"/*.yaml
-  tb_spawn "$POD_A" "$work/$d-a.log" taskset -c "$PROXY_CPUS" setpriv --reuid=1337 --regid=1337 --clear-groups \
-    "$bin/uring-proxy" --config "$work/$d-a.yaml" --workers 1 --no-pin --driver "$d"
-  tb_spawn "$POD_B" "$work/$d-b.log" taskset -c "$PROXY_CPUS" "$bin/uring-proxy" --config "$work/$d.yaml" \
+  tb_spawn "$POD_A" "$work/$c-a.log" taskset -c "$PROXY_CPUS" setpriv --reuid=1337 --regid=1337 --clear-groups \
+    "$bin/uring-proxy" --config "$work/$c-a.yaml" --workers 1 --no-pin --driver "$d"
+  tb_spawn "$POD_B" "$work/$c-b.log" taskset -c "$PROXY_CPUS" "$bin/uring-proxy" --config "$work/$c.yaml" \
     --workers 1 --no-pin --driver "$d"
   tb_wait_http "$POD_A" "http://127.0.0.1:$((15000 + p))/ready"
   tb_wait_http "$POD_B" "http://127.0.0.1:$((15000 + p))/ready"
 done
 
 intercept() {
-  local c=$1 p=0
+  local c=$1 p
   for pod in "$POD_A" "$POD_B"; do ns_pod "$pod" "$bin/mesh-redirect" uninstall >/dev/null; done
   TB_UDP_PODS=()
   [[ $c == direct ]] && return 0
-  [[ $c == epoll ]] && p=20
+  p=$(offset "$c")
   tb_udp_install "$POD_A" "$bin/mesh-redirect" --outbound-port $((15001 + p)) --inbound-port $((15006 + p)) \
     --proxy-uid 1337 --no-mark >/dev/null
   tb_udp_install "$POD_B" "$bin/mesh-redirect" --outbound-port $((15001 + p)) --inbound-port $((15006 + p)) >/dev/null
@@ -92,7 +99,7 @@ results=$work/results.txt
 : >"$results"
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round of $ROUNDS"
-  for c in direct uring epoll; do
+  for c in direct uring uring-b1 epoll; do
     intercept "$c"
     for mode in max rate; do
       args=(--connections "$CONNS")
@@ -126,7 +133,9 @@ out.append(f"Produced by `perf/udp.sh` on {datetime.date.today()} ({rounds} roun
            f"interleaved; medians). Two pods on one veth; mesh-bench's UDP echo in pod-b and its load "
            f"generator in pod-a share CPU 0; each sidecar has one worker on CPU 1. `direct`: no "
            f"interception; `uring`/`epoll`: `mesh-redirect install --udp` in both pods and the relay "
-           f"on that driver, so every datagram crosses both sidecars (four relay hops per round trip).")
+           f"on that driver, so every datagram crosses both sidecars (four relay hops per round trip); "
+           f"`uring-b1`: io_uring with `udp.recv_batch: 1` (one datagram per receive call; the default "
+           f"takes up to 16 per `recvmmsg`).")
 out.append("")
 out.append(f"64-byte requests and answers, {conns} sockets; `max` is closed loop, `rate` open loop at "
            f"{rate} datagrams/s (latency from when each was due). `flows`: {flows} fresh sockets one after "
@@ -136,7 +145,7 @@ out.append("| scenario | contender | datagrams/s (flows/s) | vs direct | p99 µs
 out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for scen in ["udp-max", "udp-rate", "flows"]:
     base = rows.get((scen, "direct"))
-    for c in ["direct", "uring", "epoll"]:
+    for c in ["direct", "uring", "uring-b1", "epoll"]:
         r = rows.get((scen, c))
         if not r:
             continue

@@ -115,11 +115,70 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     nix::sys::socket::send(fd, buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL).map_err(io)
 }
 
-/// Non-blocking `recvfrom(2)` of one IPv4 datagram into `buf` (the socket is O_NONBLOCK).
-pub fn recv_from_v4(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-    let (n, from) = nix::sys::socket::recvfrom::<SockaddrIn>(fd, buf).map_err(io)?;
-    let from = from.ok_or_else(|| io::Error::other("datagram without a source address"))?;
-    Ok((n, SocketAddr::V4(from.into())))
+/// Receive slots for `recvmmsg(2)`: up to `N` datagrams of up to `size` bytes per call.
+pub struct RecvBatch<const N: usize> {
+    headers: nix::sys::socket::MultiHeaders<SockaddrIn>,
+    bufs: [Box<[u8]>; N],
+    got: [(usize, Option<SocketAddr>); N],
+}
+
+impl<const N: usize> std::fmt::Debug for RecvBatch<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch").field("slots", &N).finish()
+    }
+}
+
+impl<const N: usize> RecvBatch<N> {
+    pub fn new(size: usize) -> Self {
+        Self {
+            headers: nix::sys::socket::MultiHeaders::preallocate(N, None),
+            bufs: std::array::from_fn(|_| vec![0u8; size].into_boxed_slice()),
+            got: [(0, None); N],
+        }
+    }
+
+    /// Receives up to `max` (at most `N`) IPv4 datagrams without blocking, in one
+    /// `recvmmsg(2)`, then calls `f` with each and its source; returns how many. WouldBlock
+    /// when none is queued.
+    pub fn recv(
+        &mut self,
+        fd: RawFd,
+        max: usize,
+        mut f: impl FnMut(&[u8], SocketAddr),
+    ) -> io::Result<usize> {
+        let max = max.clamp(1, N);
+        let mut n = 0;
+        {
+            let mut iovs = self
+                .bufs
+                .each_mut()
+                .map(|b| [std::io::IoSliceMut::new(&mut b[..])]);
+            let results = nix::sys::socket::recvmmsg(
+                fd,
+                &mut self.headers,
+                iovs.iter_mut().take(max),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map_err(io)?;
+            for (slot, r) in self.got.iter_mut().zip(results) {
+                let truncated = r.flags.contains(MsgFlags::MSG_TRUNC);
+                *slot = (
+                    r.bytes,
+                    r.address
+                        .filter(|_| !truncated)
+                        .map(|a| SocketAddr::V4(a.into())),
+                );
+                n += 1;
+            }
+        }
+        for ((len, from), buf) in self.got.iter().zip(&self.bufs).take(n) {
+            if let (Some(from), Some(data)) = (from, buf.get(..*len)) {
+                f(data, *from);
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Non-blocking `sendto(2)` of one datagram.

@@ -32,6 +32,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use monoio::net::udp::UdpSocket;
+use ringmesh_core::config::bounds;
 use ringmesh_core::decide;
 use ringmesh_core::metrics::{Direction, Side, UdpDrop, UdpShard};
 use ringmesh_core::proxy_v2::{self, Addrs, Transport};
@@ -77,6 +78,8 @@ struct Relay {
     /// Scratch for one datagram and the header in front of it. Never borrowed across an
     /// await.
     buf: RefCell<Box<[u8]>>,
+    /// Receive slots for the relay socket (`recvmmsg`). Never borrowed across an await.
+    batch: RefCell<sys::RecvBatch<{ bounds::UDP_RECV_BATCH as usize }>>,
 }
 
 pub(crate) fn spawn(ctx: Rc<WorkerCtx>, setup: UdpSetup) -> io::Result<()> {
@@ -88,6 +91,7 @@ pub(crate) fn spawn(ctx: Rc<WorkerCtx>, setup: UdpSetup) -> io::Result<()> {
         listener,
         flows: RefCell::new(HashMap::new()),
         buf: RefCell::new(vec![0u8; HDR + MAX_PAYLOAD + 1].into_boxed_slice()),
+        batch: RefCell::new(sys::RecvBatch::new(HDR + MAX_PAYLOAD + 1)),
     });
     monoio::spawn(listen(relay));
     Ok(())
@@ -281,14 +285,15 @@ async fn listen(relay: Rc<Relay>) {
             tracing::warn!(worker = ctx.id, dir = %relay.dir, error = %e, "UDP relay socket failed");
             break;
         }
-        // Drain what is queued, then wait again.
+        // Drain what is queued, a batch per call, then wait again.
+        let max = ctx.shared.config.load().config.live.udp.recv_batch;
         loop {
-            let mut buf = relay.buf.borrow_mut();
-            match sys::recv_from_v4(relay.listener.as_raw_fd(), &mut buf[..]) {
-                Ok((n, from)) => {
-                    let data = buf.get(..n).unwrap_or_default();
-                    relay.on_datagram(data, from);
-                }
+            let mut batch = relay.batch.borrow_mut();
+            match batch.recv(relay.listener.as_raw_fd(), max, |data, from| {
+                relay.on_datagram(data, from)
+            }) {
+                Ok(n) if n < max => break,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::debug!(worker = ctx.id, dir = %relay.dir, error = %e, "UDP receive failed");

@@ -273,6 +273,8 @@ pub struct Listeners {
 pub struct UdpOptions {
     pub idle: Duration,
     pub max_flows_per_worker: NonZeroU32,
+    /// Datagrams per `recvmmsg(2)`, 1 to [`bounds::UDP_RECV_BATCH`].
+    pub recv_batch: usize,
 }
 
 /// Every timeout, each within [`bounds`].

@@ -214,6 +214,9 @@ pub struct RawUdp {
     /// recently used one. Each flow holds one socket.
     #[serde(default = "default_udp_flows")]
     pub max_flows_per_worker: u32,
+    /// Datagrams a relay socket takes per `recvmmsg(2)` (1 to 32); 1 is one per call.
+    #[serde(default = "default_udp_batch")]
+    pub recv_batch: u32,
 }
 
 impl Default for RawUdp {
@@ -221,6 +224,7 @@ impl Default for RawUdp {
         Self {
             idle_timeout: default_udp_idle(),
             max_flows_per_worker: default_udp_flows(),
+            recv_batch: default_udp_batch(),
         }
     }
 }
@@ -345,6 +349,9 @@ fn default_udp_idle() -> String {
 }
 fn default_udp_flows() -> u32 {
     4096
+}
+fn default_udp_batch() -> u32 {
+    16
 }
 fn default_connect_timeout() -> String {
     "1s".into()

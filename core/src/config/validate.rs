@@ -40,6 +40,8 @@ pub mod bounds {
     /// UDP flows per worker and direction (each holds a socket; the process may have
     /// 20,000 descriptors here).
     pub const UDP_FLOWS_PER_WORKER: u32 = 65_536;
+    /// Datagrams per `recvmmsg(2)` (the relay's receive slots).
+    pub const UDP_RECV_BATCH: u32 = 32;
     /// Services and endpoints in one config.
     pub const SERVICES: usize = 100_000;
     pub const ENDPOINTS_PER_SERVICE: usize = 100_000;
@@ -203,10 +205,21 @@ impl RawConfig {
                 None
             }
         };
-        let udp = match (udp_idle, udp_flows) {
-            (Some(idle), Some(max_flows_per_worker)) => Some(UdpOptions {
+        let udp_batch = match self.udp.recv_batch {
+            n @ 1..=bounds::UDP_RECV_BATCH => Some(n as usize),
+            n => {
+                errs.push(ConfigError::new(
+                    "udp.recv_batch",
+                    format!("{n} is not between 1 and {}", bounds::UDP_RECV_BATCH),
+                ));
+                None
+            }
+        };
+        let udp = match (udp_idle, udp_flows, udp_batch) {
+            (Some(idle), Some(max_flows_per_worker), Some(recv_batch)) => Some(UdpOptions {
                 idle,
                 max_flows_per_worker,
+                recv_batch,
             }),
             _ => None,
         };
