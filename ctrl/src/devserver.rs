@@ -249,3 +249,189 @@ impl DevServer {
 pub fn default_socket() -> PathBuf {
     PathBuf::from("/run/ringmesh/workload.sock")
 }
+
+/// Who may use the Delegated Identity API, and which workload each selector names.
+#[derive(Debug, Clone, Default)]
+pub struct Delegation {
+    /// The uids of trusted node agents (a node proxy); everyone else is refused.
+    pub uids: Vec<u32>,
+    /// `type:value` selector -> the SPIFFE ID it names.
+    pub selectors: HashMap<String, SpiffeId>,
+    /// Selectors whose SVID is issued once and never renewed (to test expiry).
+    pub no_rotate: Vec<String>,
+}
+
+/// The Delegated Identity API over the development CA.
+#[derive(Debug, Clone)]
+struct DelegatedService {
+    server: Arc<DevServer>,
+    delegation: Arc<Delegation>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl DelegatedService {
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let uid = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|c| c.peer_cred)
+            .map(|c| c.uid());
+        match uid {
+            Some(u) if self.delegation.uids.contains(&u) => Ok(()),
+            _ => Err(Status::permission_denied(format!(
+                "uid {} is not a trusted delegate (--delegate-uid)",
+                uid.map_or("unknown".into(), |u| u.to_string())
+            ))),
+        }
+    }
+
+    fn svid(
+        &self,
+        id: &SpiffeId,
+    ) -> Result<crate::delegated_pb::SubscribeToX509sviDsResponse, Status> {
+        use crate::delegated_pb as d;
+        let s = &self.server;
+        let minted =
+            s.ca.mint(id, s.ttl, SystemTime::now())
+                .map_err(|e| Status::internal(format!("minting an SVID: {e}")))?;
+        let expires_at = SystemTime::now()
+            .checked_add(s.ttl)
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        Ok(d::SubscribeToX509sviDsResponse {
+            x509_svids: vec![d::X509svidWithKey {
+                x509_svid: Some(d::X509svid {
+                    id: Some(d::Spiffeid {
+                        trust_domain: id.trust_domain().to_string(),
+                        path: id.path().to_string(),
+                    }),
+                    cert_chain: minted.chain.iter().map(|c| c.as_ref().to_vec()).collect(),
+                    expires_at,
+                    hint: String::new(),
+                }),
+                x509_svid_key: minted.key,
+            }],
+            federates_with: Vec::new(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl crate::delegated_pb::delegated_identity_server::DelegatedIdentity for DelegatedService {
+    type SubscribeToX509SVIDsStream = BoxStream<crate::delegated_pb::SubscribeToX509sviDsResponse>;
+    type SubscribeToX509BundlesStream =
+        BoxStream<crate::delegated_pb::SubscribeToX509BundlesResponse>;
+
+    async fn subscribe_to_x509svi_ds(
+        &self,
+        req: Request<crate::delegated_pb::SubscribeToX509sviDsRequest>,
+    ) -> Result<Response<Self::SubscribeToX509SVIDsStream>, Status> {
+        self.authorize(&req)?;
+        let wanted: Vec<String> = req
+            .get_ref()
+            .selectors
+            .iter()
+            .map(|s| format!("{}:{}", s.r#type, s.value))
+            .collect();
+        let (selector, id) = wanted
+            .iter()
+            .find_map(|s| {
+                self.delegation
+                    .selectors
+                    .get(s)
+                    .map(|id| (s.clone(), id.clone()))
+            })
+            .ok_or_else(|| {
+                Status::permission_denied(format!("no identity for selectors {wanted:?}"))
+            })?;
+        let rotate = !self.delegation.no_rotate.contains(&selector);
+        let first = self.svid(&id)?;
+        tracing::info!(spiffe_id = %id, %selector, rotate, "delegated X509-SVIDs");
+        let (tx, rx) = mpsc::channel(2);
+        let mut me = self.clone();
+        tokio::spawn(async move {
+            let mut next = Ok(first);
+            loop {
+                if tx.send(next).await.is_err() {
+                    return;
+                }
+                if !rotate {
+                    // One SVID, then silence until the subscriber leaves or we stop.
+                    tokio::select! {
+                        _ = tx.closed() => {}
+                        _ = me.stopping.wait_for(|s| *s) => {}
+                    }
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(me.server.ttl / 2) => {}
+                    _ = me.stopping.wait_for(|s| *s) => return,
+                }
+                next = me.svid(&id);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn subscribe_to_x509_bundles(
+        &self,
+        req: Request<crate::delegated_pb::SubscribeToX509BundlesRequest>,
+    ) -> Result<Response<Self::SubscribeToX509BundlesStream>, Status> {
+        self.authorize(&req)?;
+        let bundles = HashMap::from([(
+            self.server.trust_domain.clone(),
+            concat(self.server.ca.bundle()),
+        )]);
+        let (tx, rx) = mpsc::channel(1);
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(crate::delegated_pb::SubscribeToX509BundlesResponse {
+                    ca_certificates: bundles,
+                }))
+                .await;
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl DevServer {
+    /// Serves the Delegated Identity API on `listener` (an admin socket: bind it with
+    /// [`bind_admin`]) until `shutdown` completes.
+    pub async fn serve_delegated(
+        self: Arc<Self>,
+        listener: UnixListener,
+        delegation: Delegation,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let (stop_tx, stopping) = watch::channel(false);
+        let svc = DelegatedService {
+            server: self,
+            delegation: Arc::new(delegation),
+            stopping,
+        };
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        tonic::transport::Server::builder()
+            .add_service(
+                crate::delegated_pb::delegated_identity_server::DelegatedIdentityServer::new(svc),
+            )
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .await
+    }
+}
+
+/// Binds an admin socket (replacing a stale one), for its owner only: the Delegated Identity
+/// API hands out other workloads' keys.
+pub fn bind_admin(path: &Path) -> std::io::Result<UnixListener> {
+    let l = bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}

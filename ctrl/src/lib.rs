@@ -24,3 +24,14 @@ pub mod source;
 pub mod pb {
     tonic::include_proto!("_");
 }
+
+/// SPIRE's Delegated Identity API (server and client), from `proto/delegatedidentity.proto`.
+#[allow(
+    clippy::all,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+pub mod delegated_pb {
+    tonic::include_proto!("spire.api.agent.delegatedidentity.v1");
+}

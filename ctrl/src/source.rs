@@ -162,3 +162,150 @@ pub async fn files(
         tokio::time::sleep(poll).await;
     }
 }
+
+/// Splits concatenated DER certificates (each an ASN.1 SEQUENCE), as the SPIFFE APIs send
+/// bundles.
+pub fn split_der(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let bad = || "malformed DER certificate list".to_string();
+        if bytes.first() != Some(&0x30) {
+            return Err(bad());
+        }
+        let first = *bytes.get(1).ok_or_else(bad)?;
+        let (header, len) = if first < 0x80 {
+            (2, usize::from(first))
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 {
+                return Err(bad());
+            }
+            let len_bytes = bytes.get(2..2 + n).ok_or_else(bad)?;
+            (
+                2 + n,
+                len_bytes
+                    .iter()
+                    .fold(0usize, |a, b| (a << 8) | usize::from(*b)),
+            )
+        };
+        let total = header.checked_add(len).ok_or_else(bad)?;
+        let cert = bytes.get(..total).ok_or_else(bad)?;
+        out.push(CertificateDer::from(cert.to_vec()));
+        bytes = &bytes[total..];
+    }
+    Ok(out)
+}
+
+/// Follows SPIRE's Delegated Identity API at `socket` (an agent's admin socket) for the
+/// workload that `selectors` (each `type:value`) name: the trust bundles from one stream, the
+/// SVIDs from the other, each new SVID checked against the bundles and reported. Reconnects
+/// with backoff until `stop` completes.
+pub async fn delegated(
+    socket: PathBuf,
+    selectors: Vec<String>,
+    mut on: impl FnMut(SourceEvent),
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut backoff = Backoff::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            r = follow_delegated(&socket, &selectors, &mut on, &mut backoff) => match r {
+                Ok(()) => on(SourceEvent::Error("the Delegated Identity API closed the stream".into())),
+                Err(e) => on(SourceEvent::Error(e)),
+            },
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = backoff.wait() => {}
+        }
+    }
+}
+
+/// A tonic channel over a unix socket.
+async fn uds_channel(socket: &Path) -> Result<tonic::transport::Channel, String> {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://[::1]:1")
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", socket.display()))
+}
+
+async fn follow_delegated(
+    socket: &Path,
+    selectors: &[String],
+    on: &mut impl FnMut(SourceEvent),
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    use crate::delegated_pb as pb;
+    let channel = uds_channel(socket).await?;
+    let mut client = pb::delegated_identity_client::DelegatedIdentityClient::new(channel);
+    let selectors = selectors
+        .iter()
+        .map(|s| match s.split_once(':') {
+            Some((t, v)) => Ok(pb::Selector {
+                r#type: t.to_string(),
+                value: v.to_string(),
+            }),
+            None => Err(format!("selector {s:?} is not type:value")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut bundles_stream = client
+        .subscribe_to_x509_bundles(pb::SubscribeToX509BundlesRequest {})
+        .await
+        .map_err(|e| format!("Delegated Identity API bundles: {}", e.message()))?
+        .into_inner();
+    let mut svids = client
+        .subscribe_to_x509svi_ds(pb::SubscribeToX509sviDsRequest { selectors, pid: 0 })
+        .await
+        .map_err(|e| format!("Delegated Identity API SVIDs: {}", e.message()))?
+        .into_inner();
+    let mut bundles: Option<TrustBundles> = None;
+    let mut svid: Option<pb::X509svidWithKey> = None;
+    loop {
+        tokio::select! {
+            b = bundles_stream.next() => {
+                let b = b.ok_or("the bundle stream ended")?.map_err(|e| format!("bundle stream: {}", e.message()))?;
+                let mut set = TrustBundles::new();
+                for (td, der) in &b.ca_certificates {
+                    set.set(td.clone(), split_der(der)?);
+                }
+                bundles = Some(set);
+            }
+            s = svids.next() => {
+                let s = s.ok_or("the SVID stream ended")?.map_err(|e| format!("SVID stream: {}", e.message()))?;
+                svid = s.x509_svids.into_iter().next();
+                if svid.is_none() {
+                    on(SourceEvent::Error("the Delegated Identity API sent no SVID".into()));
+                }
+            }
+        }
+        if let (Some(b), Some(s)) = (&bundles, &svid) {
+            let Some(x) = &s.x509_svid else { continue };
+            let chain: Vec<CertificateDer<'static>> = x
+                .cert_chain
+                .iter()
+                .map(|c| CertificateDer::from(c.clone()))
+                .collect();
+            let key = PrivateKeyDer::Pkcs8(s.x509_svid_key.clone().into());
+            match Identity::new(chain, key, b.clone(), unix_now()) {
+                Ok(id) => {
+                    backoff.reset();
+                    on(SourceEvent::Update(Box::new(id)));
+                }
+                Err(e) => on(SourceEvent::Error(format!("SVID refused: {e}"))),
+            }
+            // Report each SVID once; a new bundle alone waits for the next SVID.
+            svid = None;
+        }
+    }
+}

@@ -137,7 +137,7 @@ fn ready(shared: &Shared) -> Response<Full<Bytes>> {
         "draining\n".to_string()
     } else if !shared.live() {
         stalled(shared)
-    } else if let Some(w) = shared.workloads.iter().find(|w| !w.ready()) {
+    } else if let Some(w) = shared.registered().into_iter().find(|w| !w.ready()) {
         format!("no valid SVID for workload {}\n", w.key)
     } else {
         "starting\n".to_string()
@@ -213,7 +213,9 @@ fn describe_config(shared: &Shared) -> serde_json::Value {
         "source": snap.source.describe(),
         "applied_at": snap.applied_at,
         "restart_required": snap.restart_required,
-        "workloads": shared.workloads.iter().map(|w| w.key.to_string()).collect::<Vec<_>>(),
+        "mode": shared.boot.mode.as_str(),
+        "workloads": shared.registered().iter().map(|w| w.key.to_string()).collect::<Vec<_>>(),
+        "registrations": shared.registered().iter().filter_map(|w| w.registration.clone()).collect::<Vec<_>>(),
         "in_force": {
             "restart_only": shared.boot_raw,
             "live": snap.config.raw_live(),

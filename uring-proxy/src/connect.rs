@@ -43,18 +43,27 @@ pub(crate) fn set_tcp_options(sock: SockRef<'_>, tcp: &TcpOptions) -> io::Result
     sock.set_tcp_user_timeout(tcp.user_timeout)
 }
 
-/// Connects to `addr` with the bypass mark and TCP options, within `timeout`.
+/// Connects to `addr` with the bypass mark and TCP options, within `timeout`. With `netns`
+/// (a workload's namespace, and the worker's own), the socket is made in the workload's
+/// namespace, and the thread is back in its own before anything else happens.
 pub(crate) async fn connect(
     addr: SocketAddr,
     mark: Option<NonZeroU32>,
     tcp: &TcpOptions,
     timeout: Duration,
+    netns: Option<(&std::fs::File, &std::fs::File)>,
 ) -> Result<TcpStream, ConnectError> {
-    let sock = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )
+    let make = || {
+        Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )
+    };
+    let sock = match netns {
+        Some((target, home)) => crate::sys::in_netns(target, home, make),
+        None => make(),
+    }
     .map_err(ConnectError::Local)?;
     if let Some(mark) = mark {
         sock.set_mark(mark.get()).map_err(ConnectError::Local)?;

@@ -27,6 +27,8 @@ pub(crate) struct ControlSetup {
     pub admin: Option<std::net::TcpListener>,
     pub signals: bool,
     pub drain_timeout: Duration,
+    /// Node mode: the registration socket, bound by the main thread.
+    pub node_socket: Option<std::os::unix::net::UnixListener>,
 }
 
 pub(crate) fn spawn(
@@ -43,6 +45,15 @@ pub(crate) fn spawn(
                 tokio::spawn(crate::admin::serve(l, shared.clone()));
             }
             crate::identity::start(&shared);
+            if let Some(l) = setup.node_socket {
+                match tokio::net::UnixListener::from_std(l) {
+                    Ok(l) => {
+                        let registry = crate::node::Registry::new(shared.clone(), setup.drain_timeout);
+                        tokio::spawn(crate::node::serve(registry, l));
+                    }
+                    Err(e) => tracing::error!(error = %e, "node registration socket unusable"),
+                }
+            }
             if let (Some(nats), Some(state)) = (&shared.boot.nats, &shared.nats) {
                 crate::nats::start(&shared, nats, state.clone());
             }

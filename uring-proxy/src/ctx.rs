@@ -3,6 +3,7 @@
 //! connection exactly once. Both pipelines depend on this module; it depends on neither.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,19 @@ pub(crate) struct WorkerCtx {
     pub tls: ClientConfigs,
     /// Failure log lines, rate-limited per reason.
     pub log: LogLimiter,
+    /// Per workload slot (node mode): fired when it stops accepting, and when its remaining
+    /// connections are to be reset. A sidecar's one slot never fires them.
+    slots: RefCell<std::collections::HashMap<usize, Rc<SlotSignals>>>,
+    /// Node mode: this worker's own network namespace, to come back to after making a socket
+    /// in a workload's.
+    pub home_netns: Option<std::fs::File>,
+}
+
+/// A workload slot's signals on one worker.
+#[derive(Debug, Default)]
+pub(crate) struct SlotSignals {
+    pub stop: LocalSignal,
+    pub closing: LocalSignal,
 }
 
 impl WorkerCtx {
@@ -48,6 +62,32 @@ impl WorkerCtx {
             idle: IdleTracker::default(),
             tls: ClientConfigs::default(),
             log: LogLimiter::new(),
+            slots: RefCell::default(),
+            home_netns: std::fs::File::open("/proc/thread-self/ns/net").ok(),
+        }
+    }
+
+    /// The signals of workload `slot` on this worker.
+    pub fn slot(&self, slot: usize) -> Rc<SlotSignals> {
+        self.slots.borrow_mut().entry(slot).or_default().clone()
+    }
+
+    /// A new generation of `slot`'s signals (a workload registered there afresh).
+    pub fn reset_slot(&self, slot: usize) -> Rc<SlotSignals> {
+        let s = Rc::new(SlotSignals::default());
+        self.slots.borrow_mut().insert(slot, s.clone());
+        s
+    }
+
+    /// Completes when the worker closes, or when workload `slot`'s connections are to be
+    /// reset.
+    pub fn closing_for(&self, slot: usize) -> impl std::future::Future<Output = ()> + '_ {
+        let s = self.slot(slot);
+        async move {
+            monoio::select! {
+                _ = self.closing.wait() => {},
+                _ = s.closing.wait() => {},
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ringmesh_core::config::IdentityConfig;
+use ringmesh_core::config::{IdentityConfig, Mode};
 use ringmesh_ctrl::source::{self, SourceEvent};
 
 use crate::state::Shared;
@@ -26,13 +26,23 @@ fn unix_now() -> i64 {
 }
 
 /// Starts following the configured identity source on the current (control) runtime, for
-/// the sidecar's workload.
+/// the sidecar's workload (a node proxy's workloads start theirs as they are registered,
+/// [`start_for`]).
 pub(crate) fn start(shared: &Arc<Shared>) {
     let config = shared.boot.identity.clone();
-    let s = shared.clone();
-    let on = move |event| on_event(&s.workloads[0], event);
+    if config == IdentityConfig::None {
+        return;
+    }
+    tokio::spawn(expire(shared.clone()));
+    let Some(w) = (shared.boot.mode == Mode::Sidecar)
+        .then(|| shared.workload(0))
+        .flatten()
+    else {
+        return;
+    };
+    let on = move |event| on_event(&w, event);
     match config {
-        IdentityConfig::None => return,
+        IdentityConfig::None | IdentityConfig::Delegated { .. } => {}
         IdentityConfig::WorkloadApi { socket } => {
             tracing::info!(socket = %socket.display(), "identity from the SPIFFE Workload API");
             tokio::spawn(source::workload_api(socket, on));
@@ -42,7 +52,39 @@ pub(crate) fn start(shared: &Arc<Shared>) {
             tokio::spawn(source::files(cert, key, bundle, Duration::from_secs(1), on));
         }
     }
-    tokio::spawn(expire(shared.clone()));
+}
+
+/// Node mode: follows the Delegated Identity API for one registered workload, by its
+/// selectors, until the workload is removed. An SVID for another SPIFFE ID than the
+/// registration names is refused.
+pub(crate) fn start_for(shared: &Arc<Shared>, w: &Arc<Workload>) {
+    let IdentityConfig::Delegated { socket } = shared.boot.identity.clone() else {
+        return;
+    };
+    let Some(reg) = w.registration.clone() else {
+        return;
+    };
+    let expected = reg.spiffe_id.clone();
+    let target = w.clone();
+    let on = move |event| match (event, &expected) {
+        (SourceEvent::Update(id), Some(want)) if id.leaf.id.to_string() != *want => report(
+            &target,
+            format!(
+                "the Delegated Identity API issued {} where {want} was registered",
+                id.leaf.id
+            ),
+        ),
+        (event, _) => on_event(&target, event),
+    };
+    let stopper = w.clone();
+    let stop = async move {
+        while !stopper.identity_stopped.load(Relaxed) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stopper.identity_stop.notified())
+                .await;
+        }
+    };
+    tracing::info!(workload = %w.key, socket = %socket.display(), selectors = ?reg.selectors(), "identity from the Delegated Identity API");
+    tokio::spawn(source::delegated(socket, reg.selectors(), on, stop));
 }
 
 fn on_event(w: &Workload, event: SourceEvent) {
@@ -89,7 +131,7 @@ fn report(w: &Workload, error: String) {
 async fn expire(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        for w in shared.workloads.iter() {
+        for w in shared.registered() {
             let expired = w
                 .identity
                 .load()
@@ -111,7 +153,7 @@ async fn expire(shared: Arc<Shared>) {
 pub(crate) fn describe(shared: &Shared) -> serde_json::Value {
     let source = shared.boot.identity.to_string();
     let workloads: Vec<_> = shared
-        .workloads
+        .registered()
         .iter()
         .map(|w| {
             let mut v = serde_json::json!({

@@ -17,7 +17,13 @@ use crate::workload::Workload;
 
 pub(crate) async fn serve(ctx: Rc<WorkerCtx>, workload: usize, down: TcpStream) {
     let shared = ctx.shared.clone();
-    let w = &shared.workloads[workload];
+    // The workload for the whole connection (a node workload removed meanwhile stays whole
+    // for it); gone already: refused.
+    let Some(w) = shared.workload(workload) else {
+        crate::copy::reset(&down);
+        return;
+    };
+    let w = &*w;
     let record = ConnRecord::open(ctx.shard(w), Direction::Inbound);
     let mut conn = Conn::new(Direction::Inbound, w);
     let stop = proxy(&ctx, w, &down, &mut conn).await;
@@ -29,6 +35,7 @@ async fn proxy(ctx: &Rc<WorkerCtx>, w: &Workload, down: &TcpStream, conn: &mut C
     // long-lived connection then keeps only the copy's state.
     let up = match Box::pin(pipeline::unless_closing(
         ctx,
+        w,
         down,
         open(ctx, w, down, conn),
     ))
@@ -114,7 +121,7 @@ async fn open(
     //    read.
     let target = pipeline::loopback(dst);
     conn.upstream = Some(target);
-    let stream = pipeline::dial(ctx, live, target).await?;
+    let stream = pipeline::dial(ctx, w, live, target).await?;
     if let Some(prefix) = replay.filter(|p| !p.is_empty()) {
         detect::replay(&stream, &prefix)
             .await

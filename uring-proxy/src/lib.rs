@@ -30,6 +30,7 @@ mod idle;
 mod inbound;
 pub mod listen;
 mod nats;
+pub mod node;
 pub mod orig_dst;
 mod outbound;
 mod pipeline;

@@ -34,7 +34,7 @@ impl TlsMaterial for ProxyMaterial {
         if let Some(f) = &self.client {
             return f.client_cert();
         }
-        let id = self.shared.workloads[0].identity.load_full()?;
+        let id = self.shared.workload(0)?.identity.load_full()?;
         Some((id.identity.chain.clone(), id.identity.key.clone_key()))
     }
 
@@ -42,7 +42,7 @@ impl TlsMaterial for ProxyMaterial {
         if let Some(r) = &self.roots {
             return r.clone();
         }
-        let Some(id) = self.shared.workloads[0].identity.load_full() else {
+        let Some(id) = self.shared.workload(0).and_then(|w| w.identity.load_full()) else {
             return Vec::new();
         };
         let b = &id.identity.bundles;
@@ -101,7 +101,10 @@ pub(crate) fn start(shared: &Arc<Shared>, nats: &NatsConfig, state: Arc<NatsStat
         material: Arc::new(material),
         bucket: nats.bucket.clone(),
         status_bucket: nats.status_bucket.clone(),
-        workload: shared.workloads[0].key.to_string(),
+        workload: shared
+            .workload(0)
+            .map(|w| w.key.to_string())
+            .unwrap_or_default(),
         node: nats
             .node
             .clone()

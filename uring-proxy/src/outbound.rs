@@ -15,7 +15,13 @@ use crate::workload::Workload;
 
 pub(crate) async fn serve(ctx: Rc<WorkerCtx>, workload: usize, down: TcpStream) {
     let shared = ctx.shared.clone();
-    let w = &shared.workloads[workload];
+    // The workload for the whole connection (a node workload removed meanwhile stays whole
+    // for it); gone already: refused.
+    let Some(w) = shared.workload(workload) else {
+        crate::copy::reset(&down);
+        return;
+    };
+    let w = &*w;
     let record = ConnRecord::open(ctx.shard(w), Direction::Outbound);
     let mut conn = Conn::new(Direction::Outbound, w);
     let stop = proxy(&ctx, w, &down, &mut conn).await;
@@ -27,6 +33,7 @@ async fn proxy(ctx: &Rc<WorkerCtx>, w: &Workload, down: &TcpStream, conn: &mut C
     // long-lived connection then keeps only the copy's state.
     let up = match Box::pin(pipeline::unless_closing(
         ctx,
+        w,
         down,
         open(ctx, w, down, conn),
     ))
@@ -72,7 +79,7 @@ async fn open(
     conn.upstream = Some(plan.target);
 
     // 4. Connect, with the bypass mark and keepalive, under the connect timeout.
-    let stream = pipeline::dial(ctx, live, plan.target).await?;
+    let stream = pipeline::dial(ctx, w, live, plan.target).await?;
 
     // 5. Transport security: mTLS with the workload's SVID to a meshed endpoint; plaintext
     //    to anything else.

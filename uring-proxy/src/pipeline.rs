@@ -138,14 +138,20 @@ pub(crate) fn original_dst(ctx: &WorkerCtx, down: &TcpStream) -> Result<OrigDst,
     Ok(dst)
 }
 
-/// Connects to the upstream with the bypass mark and keepalive, under the connect timeout.
+/// Connects to the upstream with the bypass mark and keepalive, under the connect timeout;
+/// for a node workload, from a socket made in its network namespace.
 pub(crate) async fn dial(
     ctx: &WorkerCtx,
+    w: &Workload,
     live: &LiveConfig,
     target: SocketAddr,
 ) -> Result<TcpStream, Stop> {
     let mark = ctx.shared.boot.bypass_mark;
-    connect::connect(target, mark, &live.tcp, live.timeouts.connect)
+    let netns = match (&w.netns, &ctx.home_netns) {
+        (Some(n), Some(home)) => Some((&*n.file, home)),
+        _ => None,
+    };
+    connect::connect(target, mark, &live.tcp, live.timeouts.connect, netns)
         .await
         .map_err(|e| match e {
             ConnectError::Timeout(d) => Stop::new(
@@ -320,11 +326,11 @@ pub(crate) async fn relay(
                 on,
                 conn,
                 &cx,
-                ctx.closing.wait(),
+                ctx.closing_for(w.index),
             ))
             .await
         }
-        None => copy::bidirectional(down, up, kind, &cx, ctx.closing.wait()).await,
+        None => copy::bidirectional(down, up, kind, &cx, ctx.closing_for(w.index)).await,
     };
     match end {
         CopyEnd::Done => Stop::plain(Outcome::Ok),
@@ -345,13 +351,14 @@ pub(crate) async fn relay(
 /// (once copying, the copy itself watches the deadline).
 pub(crate) async fn unless_closing(
     ctx: &WorkerCtx,
+    w: &Workload,
     down: &TcpStream,
     setup: impl std::future::Future<Output = Result<Upstream, Stop>>,
 ) -> Result<Upstream, Stop> {
     monoio::select! {
         biased;
         up = setup => up,
-        _ = ctx.closing.wait() => {
+        _ = ctx.closing_for(w.index) => {
             copy::reset(down);
             Err(Stop::plain(Outcome::Drained))
         }

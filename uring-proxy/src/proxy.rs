@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ringmesh_core::config::VersionId;
+use ringmesh_core::config::{Mode, VersionId};
 use ringmesh_core::metrics::{Direction, WorkerShard, WorkerStats};
 use ringmesh_core::{Config, WorkloadKey};
 use tokio::sync::{mpsc, oneshot};
@@ -102,6 +102,11 @@ pub enum StartError {
     },
     #[error("cannot start a thread: {0}")]
     Spawn(io::Error),
+    #[error(
+        "node registration socket {path}: {source}; it takes root (or write access to its \
+         directory), and no other node proxy may hold it"
+    )]
+    NodeSocket { path: String, source: io::Error },
 }
 
 /// A running proxy: its worker threads and its control thread.
@@ -130,6 +135,17 @@ fn check_mark(mark: Option<NonZeroU32>) -> Result<(), StartError> {
         })
 }
 
+/// A workload's metric shards, holding the workload.
+#[derive(Debug)]
+pub struct Shards(Option<Arc<crate::workload::Workload>>);
+
+impl std::ops::Deref for Shards {
+    type Target = [WorkerShard];
+    fn deref(&self) -> &[WorkerShard] {
+        self.0.as_ref().map_or(&[], |w| &w.shards)
+    }
+}
+
 impl Proxy {
     /// Binds every listener, then starts the workers and the control thread.
     pub fn start(config: Config, opts: ProxyOptions) -> Result<Self, StartError> {
@@ -148,8 +164,16 @@ impl Proxy {
         let n = plan.workers;
 
         let listeners = config.boot.listeners;
-        let outbound = listen::bind_group("outbound listener", listeners.outbound, n)?;
-        let inbound = listen::bind_group("inbound listener", listeners.inbound, n)?;
+        // A node proxy listens inside each workload's namespace, once it is registered.
+        let sidecar = config.boot.mode == Mode::Sidecar;
+        let (outbound, inbound) = if sidecar {
+            (
+                listen::bind_group("outbound listener", listeners.outbound, n)?,
+                listen::bind_group("inbound listener", listeners.inbound, n)?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let addr_of = |l: &[std::net::TcpListener], fallback| {
             l.first()
                 .and_then(|l| l.local_addr().ok())
@@ -159,8 +183,8 @@ impl Proxy {
         let inbound_addr = addr_of(&inbound, listeners.inbound);
         let mark = config.boot.bypass_mark.map(|m| m.get());
         let bind_udp = |what, addr: Option<std::net::SocketAddr>| match addr {
-            Some(a) => listen::bind_udp_group(what, a, n, mark).map(Some),
-            None => Ok(None),
+            Some(a) if sidecar => listen::bind_udp_group(what, a, n, mark).map(Some),
+            _ => Ok(None),
         };
         let udp_outbound = bind_udp("outbound UDP relay", listeners.udp_outbound)?;
         let udp_inbound = bind_udp("inbound UDP relay", listeners.udp_inbound)?;
@@ -191,6 +215,42 @@ impl Proxy {
             None
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        let node_socket = match config.boot.mode {
+            Mode::Node => {
+                let path = config.boot.node.socket.clone();
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let l = std::os::unix::net::UnixListener::bind(&path)
+                    .or_else(|e| {
+                        if e.kind() != io::ErrorKind::AddrInUse {
+                            return Err(e);
+                        }
+                        // A stale socket from an earlier run: replace it, unless someone
+                        // answers on it.
+                        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                            return Err(e);
+                        }
+                        std::fs::remove_file(&path)?;
+                        std::os::unix::net::UnixListener::bind(&path)
+                    })
+                    .and_then(|l| {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                        l.set_nonblocking(true)?;
+                        Ok(l)
+                    })
+                    .map_err(|source| StartError::NodeSocket {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                Some(l)
+            }
+            Mode::Sidecar => None,
+        };
+        let (cmd_txs, mut cmd_rxs): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        let mut cmd_rxs = cmd_rxs.drain(..);
 
         let mut own = vec![outbound_addr, inbound_addr];
         own.extend(admin_addr);
@@ -207,24 +267,32 @@ impl Proxy {
             config_path: opts.config_path,
             stall_timeout: opts.stall_timeout,
             dropped_lines: opts.dropped_lines,
+            worker_cmds: cmd_txs,
         });
         let mut workers = Vec::with_capacity(n);
-        for (id, (o, i)) in outbound.into_iter().zip(inbound).enumerate() {
+        let mut outbound = outbound.into_iter();
+        let mut inbound = inbound.into_iter();
+        for id in 0..n {
+            let mut listeners = Vec::new();
+            if let (Some(o), Some(i)) = (outbound.next(), inbound.next()) {
+                listeners.push(ListenerSetup {
+                    dir: Direction::Outbound,
+                    workload: 0,
+                    listener: o,
+                });
+                listeners.push(ListenerSetup {
+                    dir: Direction::Inbound,
+                    workload: 0,
+                    listener: i,
+                });
+            }
             let setup = WorkerSetup {
                 id,
                 cpu: plan.pin.as_ref().and_then(|cpus| cpus.get(id).copied()),
-                listeners: vec![
-                    ListenerSetup {
-                        dir: Direction::Outbound,
-                        workload: 0,
-                        listener: o,
-                    },
-                    ListenerSetup {
-                        dir: Direction::Inbound,
-                        workload: 0,
-                        listener: i,
-                    },
-                ],
+                listeners,
+                cmds: cmd_rxs.next().ok_or_else(|| {
+                    StartError::Spawn(io::Error::other("fewer command channels than workers"))
+                })?,
                 udp: [
                     (
                         Direction::Outbound,
@@ -257,6 +325,7 @@ impl Proxy {
                 admin,
                 signals: opts.signals,
                 drain_timeout: opts.drain_timeout,
+                node_socket,
             },
             rx,
         )
@@ -273,7 +342,7 @@ impl Proxy {
             udp_outbound = ?udp_outbound_addr,
             udp_inbound = ?udp_inbound_addr,
             admin = ?admin_addr,
-            workload = %shared.workloads[0].key,
+            mode = shared.boot.mode.as_str(),
             config_version = %snap.config.version,
             config_source = %snap.source.describe(),
             "uring-proxy started"
@@ -322,9 +391,9 @@ impl Proxy {
         self.shared.ready()
     }
 
-    /// The sidecar workload's metric shards, one per worker.
-    pub fn shards(&self) -> &[WorkerShard] {
-        &self.shared.workloads[0].shards
+    /// The sidecar workload's metric shards, one per worker (none in node mode).
+    pub fn shards(&self) -> Shards {
+        Shards(self.shared.workload(0))
     }
 
     /// Per-worker stats (heartbeats, suppressed log lines).

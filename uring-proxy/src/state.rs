@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use ringmesh_core::WorkloadKey;
-use ringmesh_core::config::{BootConfig, Config, CopyMode, IdentityConfig};
+use ringmesh_core::config::{BootConfig, Config, CopyMode, IdentityConfig, Mode};
 use ringmesh_core::decide::OwnAddrs;
 use ringmesh_core::metrics::{
-    self, ConfigInfo, CopyKind, NatsInfo, ProcessInfo, WorkerStats, WorkloadMetrics,
+    self, ConfigInfo, CopyKind, NatsInfo, NodeInfo, ProcessInfo, WorkerStats, WorkloadMetrics,
 };
 use tokio::sync::watch;
 
@@ -115,7 +115,10 @@ pub struct Shared {
     pub boot_raw: serde_json::Value,
     pub config: ArcSwap<Snapshot>,
     pub phase: watch::Sender<Phase>,
-    pub workloads: Box<[Workload]>,
+    /// Workload slots: one (filled) for a sidecar, `node.max_workloads` for a node proxy.
+    pub workloads: Box<[ArcSwapOption<Workload>]>,
+    /// One command inbox per worker (node mode adds and removes workloads through them).
+    pub(crate) worker_cmds: Box<[tokio::sync::mpsc::UnboundedSender<crate::node::WorkerCmd>]>,
     /// Per worker: heartbeat and log tally.
     pub workers: Box<[WorkerStats]>,
     pub workers_pinned: bool,
@@ -136,6 +139,8 @@ pub struct Shared {
     dropped_lines: Option<DroppedLines>,
     /// The NATS follower's state, when the config follows a control plane.
     pub nats: Option<Arc<NatsState>>,
+    /// Node mode's registrations and removals.
+    pub node_stats: crate::node::NodeStats,
 }
 
 impl std::fmt::Debug for Shared {
@@ -160,6 +165,7 @@ pub struct SharedSetup {
     pub config_path: Option<PathBuf>,
     pub stall_timeout: Duration,
     pub dropped_lines: Option<DroppedLines>,
+    pub(crate) worker_cmds: Vec<tokio::sync::mpsc::UnboundedSender<crate::node::WorkerCmd>>,
 }
 
 impl Shared {
@@ -171,7 +177,19 @@ impl Shared {
         Arc::new(Self {
             boot: s.config.boot.clone(),
             boot_raw: s.config.raw_boot(),
-            workloads: vec![Workload::new(s.workload, 0, s.workers, identity_required)].into(),
+            workloads: match s.config.boot.mode {
+                Mode::Sidecar => vec![ArcSwapOption::from_pointee(Workload::new(
+                    s.workload,
+                    0,
+                    s.workers,
+                    identity_required,
+                ))]
+                .into(),
+                Mode::Node => (0..s.config.boot.node.max_workloads)
+                    .map(|_| ArcSwapOption::empty())
+                    .collect(),
+            },
+            worker_cmds: s.worker_cmds.into(),
             config: ArcSwap::from_pointee(Snapshot {
                 config: s.config,
                 source: s.source,
@@ -194,7 +212,21 @@ impl Shared {
             stall_timeout: s.stall_timeout,
             dropped_lines: s.dropped_lines,
             nats: nats.then(|| Arc::new(NatsState::default())),
+            node_stats: crate::node::NodeStats::default(),
         })
+    }
+
+    /// The workload in `slot`, if one is registered there.
+    pub fn workload(&self, slot: usize) -> Option<Arc<Workload>> {
+        self.workloads.get(slot)?.load_full()
+    }
+
+    /// Every registered workload, in slot order.
+    pub fn registered(&self) -> Vec<Arc<Workload>> {
+        self.workloads
+            .iter()
+            .filter_map(|s| s.load_full())
+            .collect()
     }
 
     pub fn phase(&self) -> Phase {
@@ -227,12 +259,12 @@ impl Shared {
     /// Serving: every worker accepts and is live, no drain has begun, and every workload
     /// that needs an SVID has one.
     pub fn ready(&self) -> bool {
-        self.live() && self.phase() == Phase::Running && self.workloads.iter().all(Workload::ready)
+        self.live() && self.phase() == Phase::Running && self.registered().iter().all(|w| w.ready())
     }
 
     /// Connections open now, all workers and workloads.
     pub fn active(&self) -> i64 {
-        self.workloads.iter().map(Workload::active).sum()
+        self.registered().iter().map(|w| w.active()).sum()
     }
 
     /// Publishes a new config's live part to every worker in one step. Restart-only fields
@@ -303,13 +335,21 @@ impl Shared {
                 applied: n.applied.load(Relaxed),
                 rejected: n.rejected.load(Relaxed),
             }),
+            node: (self.boot.mode == Mode::Node).then(|| NodeInfo {
+                workloads: self.registered().len(),
+                capacity: self.workloads.len(),
+                added: self.node_stats.added.load(Relaxed),
+                removed: self.node_stats.removed.load(Relaxed),
+                netns_gone: self.node_stats.netns_gone.load(Relaxed),
+                refused: self.node_stats.refused.load(Relaxed),
+            }),
         }
     }
 
     pub fn render_metrics(&self) -> String {
-        let infos: Vec<_> = self.workloads.iter().map(Workload::identity_info).collect();
-        let workloads: Vec<_> = self
-            .workloads
+        let registered = self.registered();
+        let infos: Vec<_> = registered.iter().map(|w| w.identity_info()).collect();
+        let workloads: Vec<_> = registered
             .iter()
             .zip(&infos)
             .map(|(w, id)| WorkloadMetrics {

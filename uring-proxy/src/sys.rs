@@ -213,6 +213,24 @@ pub fn set_udp_no_check(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// Runs `f` (a socket call) with the calling thread in the network namespace `target`, then
+/// puts the thread back in `home`. A socket keeps the namespace it was made in. If the way
+/// back fails the thread is in the wrong namespace for good, so that aborts.
+pub fn in_netns<T>(
+    target: &std::fs::File,
+    home: &std::fs::File,
+    f: impl FnOnce() -> io::Result<T>,
+) -> io::Result<T> {
+    use nix::sched::{CloneFlags, setns};
+    setns(target, CloneFlags::CLONE_NEWNET).map_err(io)?;
+    let r = f();
+    if let Err(e) = setns(home, CloneFlags::CLONE_NEWNET) {
+        eprintln!("uring-proxy: cannot return a worker to its network namespace ({e}); aborting");
+        std::process::abort();
+    }
+    r
+}
+
 /// The CPUs this process may run on (its affinity mask), in order.
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(io)?;

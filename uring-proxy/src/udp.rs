@@ -29,6 +29,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use monoio::net::udp::UdpSocket;
@@ -42,6 +43,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::ctx::WorkerCtx;
 use crate::signal::LocalSignal;
 use crate::sys;
+use crate::workload::Workload;
 
 /// The largest UDP payload over IPv4 (65535 - 20 - 8).
 const MAX_PAYLOAD: usize = 65_507;
@@ -72,7 +74,7 @@ struct Flow {
 struct Relay {
     ctx: Rc<WorkerCtx>,
     dir: Direction,
-    workload: usize,
+    workload: Arc<Workload>,
     listener: UdpSocket,
     flows: RefCell<HashMap<FlowKey, Rc<Flow>>>,
     /// Scratch for one datagram and the header in front of it. Never borrowed across an
@@ -84,10 +86,14 @@ struct Relay {
 
 pub(crate) fn spawn(ctx: Rc<WorkerCtx>, setup: UdpSetup) -> io::Result<()> {
     let listener = UdpSocket::from_std(setup.socket)?;
+    let workload = ctx
+        .shared
+        .workload(setup.workload)
+        .ok_or_else(|| io::Error::other("a UDP relay for a workload that is not registered"))?;
     let relay = Rc::new(Relay {
         ctx,
         dir: setup.dir,
-        workload: setup.workload,
+        workload,
         listener,
         flows: RefCell::new(HashMap::new()),
         buf: RefCell::new(vec![0u8; HDR + MAX_PAYLOAD + 1].into_boxed_slice()),
@@ -99,10 +105,7 @@ pub(crate) fn spawn(ctx: Rc<WorkerCtx>, setup: UdpSetup) -> io::Result<()> {
 
 impl Relay {
     fn shard(&self) -> &UdpShard {
-        &self
-            .ctx
-            .shard(&self.ctx.shared.workloads[self.workload])
-            .udp
+        &self.ctx.shard(&self.workload).udp
     }
 
     fn dropped(&self, why: UdpDrop, detail: &dyn std::fmt::Display) {

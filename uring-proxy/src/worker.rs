@@ -49,6 +49,8 @@ pub(crate) struct WorkerSetup {
     pub listeners: Vec<ListenerSetup>,
     /// The UDP relay sockets (none when the relays are off).
     pub udp: Vec<crate::udp::UdpSetup>,
+    /// Node mode's commands (workloads added and removed).
+    pub cmds: tokio::sync::mpsc::UnboundedReceiver<crate::node::WorkerCmd>,
 }
 
 /// Makes a panic on a worker thread abort the process, after saying so on stderr directly
@@ -86,7 +88,9 @@ pub(crate) fn spawn(
             }
             let kind = shared.driver.kind;
             let ctx = Rc::new(WorkerCtx::new(setup.id, shared, orig_dst));
-            driver::block_on(kind, || run(ctx, setup.listeners, setup.udp, kind))?
+            driver::block_on(kind, || {
+                run(ctx, setup.listeners, setup.udp, setup.cmds, kind)
+            })?
         })
 }
 
@@ -94,15 +98,14 @@ async fn run(
     ctx: Rc<WorkerCtx>,
     listeners: Vec<ListenerSetup>,
     udp: Vec<crate::udp::UdpSetup>,
+    cmds: tokio::sync::mpsc::UnboundedReceiver<crate::node::WorkerCmd>,
     kind: DriverKind,
 ) -> io::Result<()> {
     let mut phase = ctx.shared.phase.subscribe();
     for l in listeners {
-        // io_uring waits in the kernel; epoll needs a non-blocking socket.
-        l.listener.set_nonblocking(kind == DriverKind::Epoll)?;
-        let listener = TcpListener::from_std(l.listener)?;
-        monoio::spawn(accept_loop(ctx.clone(), l.dir, l.workload, listener));
+        serve_listener(&ctx, l, kind)?;
     }
+    monoio::spawn(commands(ctx.clone(), cmds, kind));
     for u in udp {
         crate::udp::spawn(ctx.clone(), u)?;
     }
@@ -119,13 +122,51 @@ async fn run(
     // Reset connections unwind within a tick or two.
     while ctx
         .shared
-        .workloads
+        .registered()
         .iter()
         .any(|w| w.shards[ctx.id].active_total() > 0)
     {
         monoio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())
+}
+
+/// Starts accepting on one listener.
+fn serve_listener(ctx: &Rc<WorkerCtx>, l: ListenerSetup, kind: DriverKind) -> io::Result<()> {
+    // io_uring waits in the kernel; epoll needs a non-blocking socket.
+    l.listener.set_nonblocking(kind == DriverKind::Epoll)?;
+    let listener = TcpListener::from_std(l.listener)?;
+    monoio::spawn(accept_loop(ctx.clone(), l.dir, l.workload, listener));
+    Ok(())
+}
+
+/// Node mode: workloads added and removed by the control thread.
+async fn commands(
+    ctx: Rc<WorkerCtx>,
+    mut cmds: tokio::sync::mpsc::UnboundedReceiver<crate::node::WorkerCmd>,
+    kind: DriverKind,
+) {
+    use crate::node::WorkerCmd;
+    loop {
+        let cmd = monoio::select! {
+            biased;
+            _ = ctx.closing.wait() => return,
+            c = cmds.recv() => c,
+        };
+        match cmd {
+            None => return,
+            Some(WorkerCmd::Serve { slot, listeners }) => {
+                ctx.reset_slot(slot);
+                for l in listeners {
+                    if let Err(e) = serve_listener(&ctx, l, kind) {
+                        tracing::warn!(worker = ctx.id, slot, error = %e, "cannot serve a workload's listener");
+                    }
+                }
+            }
+            Some(WorkerCmd::StopAccepting { slot }) => ctx.slot(slot).stop.fire(),
+            Some(WorkerCmd::Close { slot }) => ctx.slot(slot).closing.fire(),
+        }
+    }
 }
 
 /// Shows the control thread that this worker's event loop turns.
@@ -160,7 +201,12 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
 
 async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, workload: usize, listener: TcpListener) {
     let shared = ctx.shared.clone();
-    let w = &shared.workloads[workload];
+    let Some(w) = shared.workload(workload) else {
+        return;
+    };
+    let w = &*w;
+    // This workload's generation of the slot's signals: a removal stops this loop.
+    let slot = ctx.slot(workload);
     // A spare descriptor, given up when the process runs out so that one pending connection
     // can be accepted and closed: the client hears at once instead of waiting in the backlog.
     let mut reserve = File::open("/dev/null").ok();
@@ -182,13 +228,14 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, workload: usize, listen
         let accepted = monoio::select! {
             biased;
             _ = ctx.draining.wait() => break,
+            _ = slot.stop.wait() => break,
             r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::ZERO;
                 let held: i64 = shared
-                    .workloads
+                    .registered()
                     .iter()
                     .map(|w| w.shards[ctx.id].active_total())
                     .sum();
@@ -285,6 +332,7 @@ mod size_tests {
                 config_path: None,
                 stall_timeout: Duration::from_secs(5),
                 dropped_lines: None,
+                worker_cmds: Vec::new(),
             });
             let ctx = Rc::new(WorkerCtx::new(
                 0,

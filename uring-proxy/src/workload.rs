@@ -1,6 +1,9 @@
 //! The workloads this proxy serves, each with its own identity, identity-source state and
-//! metric shards. A sidecar has exactly one; nothing on the data path assumes so: a listener
-//! names its workload, and a connection finds its SVID, policy and metrics through it.
+//! metric shards. A sidecar has exactly one; a node proxy has the ones registered on its node
+//! socket (`node.rs`), each in a slot of `Shared::workloads`. Nothing on the data path
+//! assumes one: a listener names its slot, and a connection takes its workload from the slot
+//! when it starts and keeps it (an `Arc`) to the end, so a workload removed meanwhile stays
+//! whole for the connections it still has, and a new one in the same slot starts afresh.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -14,8 +17,13 @@ use crate::tls::TlsIdentity;
 #[derive(Debug)]
 pub struct Workload {
     pub key: WorkloadKey,
-    /// Its position in the proxy's workload list (keys per-worker caches).
+    /// Its slot in the proxy's workload list (keys per-worker caches and signals).
     pub index: usize,
+    /// Node mode: the workload's network namespace, where its listeners and upstream sockets
+    /// are made. `None`: the proxy's own (a sidecar).
+    pub netns: Option<crate::node::Netns>,
+    /// Node mode: what registered it (SPIFFE ID expected, pod addresses, selectors).
+    pub registration: Option<crate::node::Registration>,
     /// The SVID and its TLS configurations; `None` when there is none valid (fail closed).
     pub identity: ArcSwapOption<TlsIdentity>,
     /// Whether an identity source is configured (then no SVID means not ready).
@@ -26,6 +34,9 @@ pub struct Workload {
     pub identity_last_error: ArcSwapOption<String>,
     /// One shard per worker.
     pub shards: Box<[WorkerShard]>,
+    /// Node mode: wakes this workload's identity task when it is removed.
+    pub identity_stop: tokio::sync::Notify,
+    pub identity_stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Workload {
@@ -33,12 +44,16 @@ impl Workload {
         Self {
             key,
             index,
+            netns: None,
+            registration: None,
             identity: ArcSwapOption::empty(),
             identity_required,
             identity_rotations: AtomicU64::new(0),
             identity_errors: AtomicU64::new(0),
             identity_last_error: ArcSwapOption::empty(),
             shards: (0..workers).map(|_| WorkerShard::default()).collect(),
+            identity_stop: tokio::sync::Notify::new(),
+            identity_stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -32,9 +32,9 @@ mod validate;
 mod version;
 
 pub use raw::{
-    IdentitySourceKind, RawAccess, RawAccessRule, RawConfig, RawControlPlane, RawDestination,
-    RawEndpoint, RawIdentity, RawInbound, RawLimits, RawListeners, RawNats, RawNatsTls, RawService,
-    RawTcp, RawTimeouts, RawUdp,
+    IdentitySourceKind, Mode, RawAccess, RawAccessRule, RawConfig, RawControlPlane, RawDestination,
+    RawEndpoint, RawIdentity, RawInbound, RawLimits, RawListeners, RawNats, RawNatsTls, RawNode,
+    RawService, RawTcp, RawTimeouts, RawUdp,
 };
 pub use validate::bounds;
 pub use version::VersionId;
@@ -137,6 +137,10 @@ pub enum IdentityConfig {
         key: PathBuf,
         bundle: PathBuf,
     },
+    /// The Delegated Identity API at `socket` (node mode).
+    Delegated {
+        socket: PathBuf,
+    },
 }
 
 impl fmt::Display for IdentityConfig {
@@ -147,6 +151,7 @@ impl fmt::Display for IdentityConfig {
                 write!(f, "workload_api {}", socket.display())
             }
             IdentityConfig::Files { cert, .. } => write!(f, "files {}", cert.display()),
+            IdentityConfig::Delegated { socket } => write!(f, "delegated {}", socket.display()),
         }
     }
 }
@@ -190,6 +195,16 @@ pub struct BootConfig {
     /// interception rules installed beside the proxy exempt this mark (or the proxy's uid),
     /// and the proxy may lack the capability to set another.
     pub bypass_mark: Option<NonZeroU32>,
+    pub mode: Mode,
+    /// The registration socket and limits (used in node mode).
+    pub node: NodeConfig,
+}
+
+/// Node mode's registration API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub socket: PathBuf,
+    pub max_workloads: usize,
 }
 
 /// Where and how to follow the control plane over NATS, validated.
@@ -238,6 +253,12 @@ impl BootConfig {
         }
         if self.bypass_mark != next.bypass_mark {
             out.push("bypass_mark");
+        }
+        if self.mode != next.mode {
+            out.push("mode");
+        }
+        if self.node != next.node {
+            out.push("node");
         }
         out
     }
@@ -392,6 +413,8 @@ const BOOT_FIELDS: &[&str] = &[
     "workers",
     "control_plane",
     "bypass_mark",
+    "mode",
+    "node",
 ];
 
 impl LiveConfig {

@@ -54,6 +54,61 @@ pub struct RawConfig {
     /// Where live config comes from beyond this file (restart-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<RawControlPlane>,
+    /// `sidecar` (the default: the proxy serves the pod it runs in) or `node` (one proxy for
+    /// the workloads registered on its node socket). Restart-only.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Node mode's registration socket and limits (restart-only).
+    #[serde(default)]
+    pub node: RawNode,
+}
+
+/// How many workloads one proxy serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// One workload: the pod (or host) whose network namespace the proxy runs in.
+    #[default]
+    Sidecar,
+    /// The workloads registered at runtime on the node socket, each in its own network
+    /// namespace, with its own identity, policy and metrics.
+    Node,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sidecar => "sidecar",
+            Mode::Node => "node",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    /// The registration API's unix socket (created root-only).
+    #[serde(default = "default_node_socket")]
+    pub socket: String,
+    /// Workloads registered at once.
+    #[serde(default = "default_max_workloads")]
+    pub max_workloads: u32,
+}
+
+impl Default for RawNode {
+    fn default() -> Self {
+        Self {
+            socket: default_node_socket(),
+            max_workloads: default_max_workloads(),
+        }
+    }
+}
+
+fn default_node_socket() -> String {
+    "/run/ringmesh/node.sock".into()
+}
+fn default_max_workloads() -> u32 {
+    128
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +174,10 @@ pub enum IdentitySourceKind {
     WorkloadApi,
     /// PEM files, re-read when they change.
     Files,
+    /// SPIRE's Delegated Identity API (a SPIRE agent's admin socket, or `meshctl identity
+    /// serve --admin-socket`): one SVID per registered workload, found by its selectors.
+    /// Node mode.
+    Delegated,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

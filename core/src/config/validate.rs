@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{
-    IdentitySourceKind, RawAccess, RawConfig, RawIdentity, RawNats, RawService, RawTcp,
+    IdentitySourceKind, Mode, RawAccess, RawConfig, RawIdentity, RawNats, RawService, RawTcp,
 };
 use super::{
     BootConfig, Config, ConfigError, Endpoint, IdentityConfig, InboundPolicy, Keepalive, Limits,
-    Listeners, LiveConfig, NatsConfig, Service, TcpOptions, Timeouts, UdpOptions, VersionId,
+    Listeners, LiveConfig, NatsConfig, NodeConfig, Service, TcpOptions, Timeouts, UdpOptions,
+    VersionId,
 };
 use crate::access::{AccessPolicy, Rule as AccessRule};
 use crate::addr::canonical;
@@ -42,6 +43,8 @@ pub mod bounds {
     pub const UDP_FLOWS_PER_WORKER: u32 = 65_536;
     /// Datagrams per `recvmmsg(2)` (the relay's receive slots).
     pub const UDP_RECV_BATCH: u32 = 32;
+    /// Workloads one node proxy serves.
+    pub const NODE_WORKLOADS: u32 = 1024;
     /// Services and endpoints in one config.
     pub const SERVICES: usize = 100_000;
     pub const ENDPOINTS_PER_SERVICE: usize = 100_000;
@@ -328,6 +331,42 @@ impl RawConfig {
         }
 
         let identity = validate_identity(&self.identity, &mut errs);
+        match (self.mode, &identity) {
+            (Mode::Sidecar, IdentityConfig::Delegated { .. }) => errs.push(ConfigError::new(
+                "identity.source",
+                "delegated issues SVIDs for other workloads: it is for mode: node",
+            )),
+            (Mode::Node, IdentityConfig::WorkloadApi { .. } | IdentityConfig::Files { .. }) => errs
+                .push(ConfigError::new(
+                    "identity.source",
+                    "a node proxy presents each workload's own SVID: use delegated (or none)",
+                )),
+            _ => {}
+        }
+        if self.mode == Mode::Node && self.control_plane.is_some() {
+            errs.push(ConfigError::new(
+                "control_plane",
+                "configuration over NATS follows one workload's scope; node mode takes its config from the file",
+            ));
+        }
+        let node = match self.node.max_workloads {
+            n @ 1..=bounds::NODE_WORKLOADS if !self.node.socket.is_empty() => Some(NodeConfig {
+                socket: PathBuf::from(&self.node.socket),
+                max_workloads: n as usize,
+            }),
+            n @ 1..=bounds::NODE_WORKLOADS => {
+                let _ = n;
+                errs.push(ConfigError::new("node.socket", "must not be empty"));
+                None
+            }
+            n => {
+                errs.push(ConfigError::new(
+                    "node.max_workloads",
+                    format!("{n} is not between 1 and {}", bounds::NODE_WORKLOADS),
+                ));
+                None
+            }
+        };
         let nats = self
             .control_plane
             .as_ref()
@@ -350,7 +389,9 @@ impl RawConfig {
             }),
             _ => None,
         };
-        match (outbound, inbound, admin, timeouts, max_conns, tcp, udp) {
+        match (
+            outbound, inbound, admin, timeouts, max_conns, tcp, udp, node,
+        ) {
             (
                 Some(outbound),
                 Some(inbound),
@@ -359,6 +400,7 @@ impl RawConfig {
                 Some(max),
                 Some(tcp),
                 Some(udp),
+                Some(node),
             ) if errs.is_empty() => {
                 // Services were validated one by one; a valid config has all of them, so the
                 // vip index (raw positions) is also an index into `services`.
@@ -376,6 +418,8 @@ impl RawConfig {
                         workers,
                         nats,
                         bypass_mark: NonZeroU32::new(self.bypass_mark),
+                        mode: self.mode,
+                        node,
                     },
                     live: LiveConfig {
                         timeouts,
@@ -562,6 +606,9 @@ fn validate_identity(raw: &RawIdentity, errs: &mut Vec<ConfigError>) -> Identity
             cert: need("cert", &raw.cert),
             key: need("key", &raw.key),
             bundle: need("bundle", &raw.bundle),
+        },
+        IdentitySourceKind::Delegated => IdentityConfig::Delegated {
+            socket: need("socket", &raw.socket),
         },
     }
 }

@@ -16,7 +16,9 @@ pub use labels::{
     AcceptError, CopyKind, CopyMethod, Detection, Direction, HandshakeResult, Outcome, RouteKind,
     Security, Side, UdpDrop,
 };
-pub use render::{ConfigInfo, IdentityInfo, NatsInfo, ProcessInfo, WorkloadMetrics, render};
+pub use render::{
+    ConfigInfo, IdentityInfo, NatsInfo, NodeInfo, ProcessInfo, WorkloadMetrics, render,
+};
 pub use shard::{
     Counter, DURATION_BUCKETS, Gauge, HANDSHAKE_BUCKETS, Histogram, LABEL_SLOTS, LabelTable,
     OVERFLOW_LABEL, WorkerShard, WorkerStats,

@@ -41,6 +41,20 @@ pub struct ProcessInfo {
     pub log_lines_dropped: u64,
     /// Configuration over NATS, when the proxy follows a control plane.
     pub nats: Option<NatsInfo>,
+    /// Node mode's registry, when the proxy is a node proxy.
+    pub node: Option<NodeInfo>,
+}
+
+/// A node proxy's registry, for the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub workloads: usize,
+    pub capacity: usize,
+    pub added: u64,
+    pub removed: u64,
+    /// Removed because their network namespace went away (also in `removed`).
+    pub netns_gone: u64,
+    pub refused: u64,
 }
 
 /// The NATS follower's state, for the metrics.
@@ -318,6 +332,34 @@ fn process(o: &mut Out, workers: &[WorkerStats], info: &ProcessInfo) {
     );
     for f in &c.restart_required {
         o.sample("ringmesh_config_restart_required", &[("field", f)], 1);
+    }
+    if let Some(n) = &info.node {
+        o.family(
+            "ringmesh_node_workloads",
+            "gauge",
+            "Workloads registered with this node proxy.",
+        );
+        o.sample("ringmesh_node_workloads", &[], n.workloads);
+        o.family(
+            "ringmesh_node_workload_slots",
+            "gauge",
+            "Workloads this node proxy can hold (node.max_workloads).",
+        );
+        o.sample("ringmesh_node_workload_slots", &[], n.capacity);
+        o.family(
+            "ringmesh_node_registrations_total",
+            "counter",
+            "Registration requests by result: added, removed (by request or because the network namespace went away: netns_gone), refused.",
+        );
+        let name = "ringmesh_node_registrations_total";
+        o.sample(name, &[("result", "added")], n.added);
+        o.sample(
+            name,
+            &[("result", "removed")],
+            n.removed - n.netns_gone.min(n.removed),
+        );
+        o.sample(name, &[("result", "netns_gone")], n.netns_gone);
+        o.sample(name, &[("result", "refused")], n.refused);
     }
     if let Some(n) = &info.nats {
         o.family(

@@ -29,6 +29,9 @@ enum Cmd {
     /// Workload identities (SPIFFE).
     #[command(subcommand)]
     Identity(IdentityCmd),
+    /// A node proxy's workloads (its root-only registration socket).
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Validate a config file and publish its live part as the next version of a scope.
     Push {
         #[command(flatten)]
@@ -115,6 +118,65 @@ struct NatsArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Register a workload with a node proxy: it listens inside the workload's network
+    /// namespace and presents its SVID.
+    Add {
+        #[arg(long, default_value = "/run/ringmesh/node.sock")]
+        socket: PathBuf,
+        /// NAMESPACE/NAME.
+        #[arg(long)]
+        name: String,
+        /// Its network namespace: /run/netns/X or /proc/PID/ns/net.
+        #[arg(long)]
+        netns: PathBuf,
+        /// The SPIFFE ID its SVID must carry.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Its addresses (repeatable).
+        #[arg(long = "addr")]
+        addrs: Vec<std::net::IpAddr>,
+        /// TYPE:VALUE selectors for the Delegated Identity API (repeatable; default
+        /// ringmesh:workload:NAME).
+        #[arg(long = "selector")]
+        selectors: Vec<String>,
+    },
+    /// Remove a workload: listeners closed, connections drained, identity forgotten.
+    Remove {
+        #[arg(long, default_value = "/run/ringmesh/node.sock")]
+        socket: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// List the registered workloads.
+    List {
+        #[arg(long, default_value = "/run/ringmesh/node.sock")]
+        socket: PathBuf,
+    },
+}
+
+/// One request to a node proxy's registration socket; prints the answer, fails on `ok: false`.
+fn node_request(socket: &std::path::Path, req: serde_json::Value) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (is a node proxy running, and are you root?)",
+            socket.display()
+        )
+    })?;
+    s.write_all(format!("{req}\n").as_bytes())?;
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line)?;
+    let reply: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| anyhow::anyhow!("unreadable answer {line:?}: {e}"))?;
+    println!("{}", serde_json::to_string_pretty(&reply)?);
+    if reply["ok"] != serde_json::Value::Bool(true) {
+        anyhow::bail!("{}", reply["error"].as_str().unwrap_or("refused"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
 enum IdentityCmd {
     /// Serve the SPIFFE Workload API on a unix socket with a development CA: each caller gets
     /// an X509-SVID for the SPIFFE ID its uid maps to, rotated at half the TTL.
@@ -143,6 +205,28 @@ enum IdentityCmd {
         /// Also write the trust bundle (PEM) here.
         #[arg(long)]
         write_bundle: Option<PathBuf>,
+        /// Also serve SPIRE's Delegated Identity API on this socket (owner only): a trusted
+        /// node agent (--delegate-uid) gets other workloads' SVIDs by their selectors.
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+        /// A uid allowed to use the Delegated Identity API (repeatable).
+        #[arg(long = "delegate-uid", requires = "admin_socket")]
+        delegate_uids: Vec<u32>,
+        /// TYPE:VALUE=SPIFFE_ID: the workload a selector names (repeatable).
+        #[arg(
+            long = "selector",
+            value_name = "TYPE:VALUE=SPIFFE_ID",
+            requires = "admin_socket"
+        )]
+        selectors: Vec<String>,
+        /// A selector whose SVID is issued once and never renewed (repeatable; for tests of
+        /// expiry).
+        #[arg(
+            long = "no-rotate",
+            value_name = "TYPE:VALUE",
+            requires = "admin_socket"
+        )]
+        no_rotate: Vec<String>,
     },
     /// Create a CA for a trust domain (to keep, and to serve and mint from).
     Ca {
@@ -219,8 +303,32 @@ fn main() -> anyhow::Result<()> {
             ca_key,
             upstream_bundle,
             write_bundle,
+            admin_socket,
+            delegate_uids,
+            selectors,
+            no_rotate,
         }) => {
             let mapping = parse_maps(&maps, default_id.as_deref())?;
+            let mut delegation = devserver::Delegation {
+                uids: delegate_uids,
+                no_rotate,
+                ..Default::default()
+            };
+            for entry in &selectors {
+                let (sel, id) = entry
+                    .rsplit_once('=')
+                    .filter(|(s, _)| s.contains(':'))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--selector {entry:?}: want TYPE:VALUE=SPIFFE_ID")
+                    })?;
+                let id = SpiffeId::parse(id)
+                    .map_err(|e| anyhow::anyhow!("--selector {entry:?}: {e}"))?;
+                anyhow::ensure!(
+                    id.trust_domain() == trust_domain,
+                    "{id} is not in trust domain {trust_domain}"
+                );
+                delegation.selectors.insert(sel.to_string(), id);
+            }
             for id in mapping.by_uid.values().chain(&mapping.default) {
                 anyhow::ensure!(
                     id.trust_domain() == trust_domain,
@@ -248,11 +356,30 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async {
                 let listener = devserver::bind(&socket)?;
                 tracing::info!(socket = %socket.display(), "serving the SPIFFE Workload API");
-                let stop = async {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
                     let _ = tokio::signal::ctrl_c().await;
+                    let _ = stop_tx.send(true);
+                });
+                let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                    let _ = rx.wait_for(|s| *s).await;
                 };
-                server.serve(listener, None, stop).await?;
+                let admin = match &admin_socket {
+                    Some(path) => {
+                        let l = devserver::bind_admin(path)?;
+                        tracing::info!(socket = %path.display(), "serving the Delegated Identity API");
+                        Some(tokio::spawn(server.clone().serve_delegated(l, delegation, stop(stop_rx.clone()))))
+                    }
+                    None => None,
+                };
+                server.serve(listener, None, stop(stop_rx)).await?;
+                if let Some(a) = admin {
+                    a.await??;
+                }
                 let _ = std::fs::remove_file(&socket);
+                if let Some(p) = &admin_socket {
+                    let _ = std::fs::remove_file(p);
+                }
                 Ok(())
             })
         }
@@ -297,6 +424,26 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(&cert, chain)?;
             write_private(&key, &ringmesh_ctrl::pem::encode("PRIVATE KEY", &m.key))?;
             Ok(())
+        }
+        Cmd::Node(NodeCmd::Add {
+            socket,
+            name,
+            netns,
+            spiffe_id,
+            addrs,
+            selectors,
+        }) => node_request(
+            &socket,
+            serde_json::json!({
+                "op": "add", "name": name, "netns": netns, "spiffe_id": spiffe_id,
+                "addrs": addrs, "selectors": selectors,
+            }),
+        ),
+        Cmd::Node(NodeCmd::Remove { socket, name }) => {
+            node_request(&socket, serde_json::json!({ "op": "remove", "name": name }))
+        }
+        Cmd::Node(NodeCmd::List { socket }) => {
+            node_request(&socket, serde_json::json!({ "op": "list" }))
         }
         Cmd::Push {
             nats,
