@@ -256,10 +256,13 @@ impl Shared {
                 .all(|w| now.saturating_sub(w.heartbeat_ms.load(Relaxed)) <= limit)
     }
 
-    /// Serving: every worker accepts and is live, no drain has begun, and every workload
-    /// that needs an SVID has one.
+    /// Serving: every worker accepts and is live, no drain has begun, and (a sidecar) its
+    /// workload has the SVID it needs. A node proxy's readiness does not hang on any one
+    /// workload's identity: a workload without a valid SVID fails closed on its own.
     pub fn ready(&self) -> bool {
-        self.live() && self.phase() == Phase::Running && self.registered().iter().all(|w| w.ready())
+        self.live()
+            && self.phase() == Phase::Running
+            && (self.boot.mode == Mode::Node || self.registered().iter().all(|w| w.ready()))
     }
 
     /// Connections open now, all workers and workloads.
