@@ -68,9 +68,11 @@ intercept() {
   TB_UDP_PODS=()
   [[ $c == direct ]] && return 0
   p=$(offset "$c")
+  # The testbed's ephemeral range starts at 1024; intercept the echo's port 7000 inbound too.
   tb_udp_install "$POD_A" "$bin/mesh-redirect" --outbound-port $((15001 + p)) --inbound-port $((15006 + p)) \
-    --proxy-uid 1337 --no-mark >/dev/null
-  tb_udp_install "$POD_B" "$bin/mesh-redirect" --outbound-port $((15001 + p)) --inbound-port $((15006 + p)) >/dev/null
+    --udp-inbound-max 9999 --proxy-uid 1337 --no-mark >/dev/null
+  tb_udp_install "$POD_B" "$bin/mesh-redirect" --outbound-port $((15001 + p)) --inbound-port $((15006 + p)) \
+    --udp-inbound-max 9999 >/dev/null
 }
 
 # flows N: N fresh sockets, one 64-byte request and its answer each; prints flows/s.

@@ -77,6 +77,7 @@ enum stat {
 	S_PASS_BROADCAST,
 	S_DROP_SPOOF,
 	S_ERROR,
+	S_PASS_REPLY,
 	S_MAX,
 };
 
@@ -115,6 +116,25 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
+
+/* Datagrams that came in without being steered (to a port outside the intercepted range,
+ * or an excluded one), so that the local socket's answers leave as sent instead of being
+ * taken for new outbound flows: netfilter's conntrack does this for TCP. Keyed from the
+ * local side; entries older than REPLY_WINDOW_NS are ignored, the LRU drops the oldest. */
+struct flow4 {
+	__be32 local_addr;
+	__be32 remote_addr;
+	__be16 local_port;
+	__be16 remote_port;
+};
+#define REPLY_WINDOW_NS (180ULL * 1000000000ULL)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow4);
+	__type(value, __u64);
+} unsteered SEC(".maps");
 
 /* The sysctl values install changed (name -> original value), for uninstall; the programs
  * never read it. */
@@ -331,6 +351,16 @@ int udp_egress(struct __sk_buff *skb)
 		count(S_PASS_BROADCAST);
 		return TC_ACT_OK;
 	}
+	/* The answer to a datagram that came in unsteered leaves as sent. */
+	struct flow4 f = {.local_addr = ip.saddr,
+			  .remote_addr = ip.daddr,
+			  .local_port = udp.source,
+			  .remote_port = udp.dest};
+	__u64 *seen = bpf_map_lookup_elem(&unsteered, &f);
+	if (seen && bpf_ktime_get_ns() - *seen < REPLY_WINDOW_NS) {
+		count(S_PASS_REPLY);
+		return TC_ACT_OK;
+	}
 	/* A server's answer from an excluded inbound port, and anything to an excluded port or
 	 * network, leaves as sent. */
 	if (bpf_map_lookup_elem(&in_ports, &sport) || excluded_dst(ip.daddr, dport)) {
@@ -360,7 +390,7 @@ int udp_ingress(struct __sk_buff *skb)
 	struct iphdr ip;
 	struct udphdr udp;
 
-	if (!s || !(s->flags & F_INBOUND) || !load_udp4(skb, &eth, &ip, &udp))
+	if (!s || !load_udp4(skb, &eth, &ip, &udp))
 		return TC_ACT_OK;
 	if (skb->pkt_type != PACKET_HOST)
 		return TC_ACT_OK;
@@ -369,10 +399,27 @@ int udp_ingress(struct __sk_buff *skb)
 	 * the intercepted range) go up as they are. */
 	if (dport == s->outbound_port || dport == s->inbound_port)
 		return TC_ACT_OK;
-	if (dport < s->inbound_min || dport > s->inbound_max)
+	if (!(s->flags & F_INBOUND)) {
+		/* Nothing inbound is steered: every answer leaves as sent. */
+		struct flow4 f = {.local_addr = ip.daddr,
+				  .remote_addr = ip.saddr,
+				  .local_port = udp.dest,
+				  .remote_port = udp.source};
+		__u64 now = bpf_ktime_get_ns();
+		bpf_map_update_elem(&unsteered, &f, &now, BPF_ANY);
 		return TC_ACT_OK;
-	if (bpf_map_lookup_elem(&in_ports, &dport)) {
-		count(S_PASS_EXCLUDED);
+	}
+	if (dport < s->inbound_min || dport > s->inbound_max ||
+	    bpf_map_lookup_elem(&in_ports, &dport)) {
+		/* Up to the socket as sent; remember it so its answer is not steered. */
+		struct flow4 f = {.local_addr = ip.daddr,
+				  .remote_addr = ip.saddr,
+				  .local_port = udp.dest,
+				  .remote_port = udp.source};
+		__u64 now = bpf_ktime_get_ns();
+		bpf_map_update_elem(&unsteered, &f, &now, BPF_ANY);
+		if (bpf_map_lookup_elem(&in_ports, &dport))
+			count(S_PASS_EXCLUDED);
 		return TC_ACT_OK;
 	}
 	if (insert(skb, &ip, &udp, ip.saddr, udp.source, ip.daddr, udp.dest, ip.saddr, ip.daddr,

@@ -7,6 +7,8 @@
 //!   `link_lo_egress`: the attachments (removing the pin detaches);
 //! - `settings`, `out_ports`, `in_ports`, `out_cidrs`: what the programs read;
 //! - `stats`: per-CPU counters (`mesh-redirect show --udp` prints them);
+//! - `unsteered`: datagrams that came in unsteered, so their answers leave unsteered (an LRU
+//!   of 65,536 flows; what conntrack does for TCP);
 //! - `saved`: the sysctl values install changed, so uninstall can put them back.
 //!
 //! The sysctls: `accept_local=1` on each non-loopback interface (the outbound program sends a
@@ -33,7 +35,7 @@ use crate::plan::Plan;
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udp.o"));
 
 /// The counters of `bpf/udp.c`'s `enum stat`, in order.
-pub const STATS: [&str; 12] = [
+pub const STATS: [&str; 13] = [
     "steered_outbound",
     "steered_inbound",
     "replies_to_app",
@@ -46,6 +48,7 @@ pub const STATS: [&str; 12] = [
     "passed_broadcast",
     "dropped_spoofed_reply",
     "errors",
+    "passed_answer_to_unsteered",
 ];
 
 const F_OUTBOUND: u32 = 1;
@@ -324,6 +327,7 @@ pub fn install(plan: &UdpPlan, bpffs: &Path) -> Result<(), UdpError> {
             "out_cidrs",
             "stats",
             "saved",
+            "unsteered",
         ] {
             let map = bpf
                 .map(name)

@@ -58,7 +58,7 @@ async fn open(
     // 1. The accepted socket.
     pipeline::prepare(down)?;
     // 2. Which app port it was going to (and not the proxy itself).
-    let dst = pipeline::original_dst(ctx, down)?;
+    let dst = pipeline::original_dst(ctx, w, down)?;
     conn.dst = Some(dst);
     let port = dst.addr().port();
 

@@ -191,7 +191,8 @@ impl Registry {
                 .map_err(|e| e.to_string())?;
             let inb = listen::bind_group("inbound listener", listeners.inbound, workers)
                 .map_err(|e| e.to_string())?;
-            Ok((out, inb))
+            let ips = crate::sys::local_ips().map_err(|e| e.to_string())?;
+            Ok((out, inb, ips))
         })
         .map_err(|e| format!("entering {}: {e}", reg.netns.display()))??;
         let identity_required =
@@ -199,6 +200,10 @@ impl Registry {
         let mut w = Workload::new(key.clone(), slot, workers, identity_required);
         w.netns = Some(netns);
         w.registration = Some(reg.clone());
+        w.own = Some(ringmesh_core::decide::OwnAddrs::new(
+            [listeners.outbound, listeners.inbound],
+            bound.2,
+        ));
         let w = Arc::new(w);
         self.shared.workloads[slot].store(Some(w.clone()));
         for (i, (o, inb)) in bound.0.into_iter().zip(bound.1).enumerate() {

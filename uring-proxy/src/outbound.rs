@@ -56,7 +56,7 @@ async fn open(
     // 1. The accepted socket.
     pipeline::prepare(down)?;
     // 2. Where it was going (and not the proxy itself).
-    let dst = pipeline::original_dst(ctx, down)?;
+    let dst = pipeline::original_dst(ctx, w, down)?;
     conn.dst = Some(dst);
     #[cfg(feature = "fault-injection")]
     crate::fault::on_outbound(dst);
@@ -66,8 +66,9 @@ async fn open(
     //    (one the config gives a SPIFFE ID) must be reached over mTLS, proving that ID.
     let snap = ctx.shared.config.load();
     let live = &snap.config.live;
-    let own = ctx.shared.own.load();
-    let plan = decide::outbound_plan(live, &own, dst, |i| ctx.next_turn(snap.generation, i))
+    let shared_own = ctx.shared.own.load();
+    let own = w.own.as_ref().unwrap_or(&shared_own);
+    let plan = decide::outbound_plan(live, own, dst, |i| ctx.next_turn(snap.generation, i))
         .map_err(|outcome| {
             let cause = match outcome {
                 Outcome::RedirectLoop => Cause::RedirectLoop(dst),

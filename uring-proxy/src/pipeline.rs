@@ -110,7 +110,11 @@ pub(crate) fn prepare(down: &TcpStream) -> Result<(), Stop> {
 }
 
 /// Recovers the original destination, and refuses one that is the proxy itself.
-pub(crate) fn original_dst(ctx: &WorkerCtx, down: &TcpStream) -> Result<OrigDst, Stop> {
+pub(crate) fn original_dst(
+    ctx: &WorkerCtx,
+    w: &Workload,
+    down: &TcpStream,
+) -> Result<OrigDst, Stop> {
     let local = down.local_addr().map_err(|e| Stop::io(Side::Internal, e))?;
     let client = down
         .peer_addr()
@@ -128,7 +132,7 @@ pub(crate) fn original_dst(ctx: &WorkerCtx, down: &TcpStream) -> Result<OrigDst,
             Cause::NoOriginalDst(e),
         )
     })?;
-    if ctx.shared.own.load().is_own(dst) {
+    if w.is_own(&ctx.shared, dst) {
         return Err(Stop::new(
             Outcome::RedirectLoop,
             Side::Downstream,

@@ -161,11 +161,12 @@ impl Relay {
             return None;
         }
         let dst = OrigDst::new(key.1);
-        let own = ctx.shared.own.load();
+        let shared_own = ctx.shared.own.load();
+        let own = self.workload.own.as_ref().unwrap_or(&shared_own);
         let target = match self.dir {
             Direction::Outbound => {
                 let snap = ctx.shared.config.load();
-                match decide::outbound_plan(&snap.config.live, &own, dst, |i| {
+                match decide::outbound_plan(&snap.config.live, own, dst, |i| {
                     ctx.next_turn(snap.generation, i)
                 }) {
                     Ok(plan) => plan.target,

@@ -24,6 +24,9 @@ pub struct Workload {
     pub netns: Option<crate::node::Netns>,
     /// Node mode: what registered it (SPIFFE ID expected, pod addresses, selectors).
     pub registration: Option<crate::node::Registration>,
+    /// Node mode: the listeners and addresses of the workload's namespace, for loop checks
+    /// (`None`: the proxy's own, `Shared::own`).
+    pub own: Option<ringmesh_core::decide::OwnAddrs>,
     /// The SVID and its TLS configurations; `None` when there is none valid (fail closed).
     pub identity: ArcSwapOption<TlsIdentity>,
     /// Whether an identity source is configured (then no SVID means not ready).
@@ -46,6 +49,7 @@ impl Workload {
             index,
             netns: None,
             registration: None,
+            own: None,
             identity: ArcSwapOption::empty(),
             identity_required,
             identity_rotations: AtomicU64::new(0),
@@ -54,6 +58,15 @@ impl Workload {
             shards: (0..workers).map(|_| WorkerShard::default()).collect(),
             identity_stop: tokio::sync::Notify::new(),
             identity_stopped: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a connection to `dst` would land on this workload's own listener (its
+    /// namespace's, for a node workload).
+    pub fn is_own(&self, shared: &crate::state::Shared, dst: ringmesh_core::OrigDst) -> bool {
+        match &self.own {
+            Some(own) => own.is_own(dst),
+            None => shared.own.load().is_own(dst),
         }
     }
 

@@ -19,6 +19,8 @@ use support::netns::{Pod, ProxyProc, Testbed, bin};
 const PROXY_UID: u32 = 1337;
 const ECHO_PORT: u16 = 7001;
 const EXCLUDED_PORT: u16 = 9100;
+/// Above the server pod's intercepted inbound range (its ephemeral ports): not steered in.
+const HIGH_PORT: u16 = 40001;
 const DNS_VIP: &str = "10.96.0.53";
 const ECHO_VIP: &str = "10.96.0.70";
 
@@ -207,6 +209,7 @@ fn udp_mesh(driver: &str, client_extra: &str) -> UdpMesh {
     let dns = dnsmasq(s);
     echo(s, ECHO_PORT);
     echo(s, EXCLUDED_PORT);
+    echo(s, HIGH_PORT);
     let config = format!(
         "bypass_mark: 0\n{client_extra}\nservices:\n  - name: dns\n    addrs: [\"{DNS_VIP}:53\"]\n    endpoints: [{{ addr: \"{}\" }}]\n  - name: echo\n    addrs: [\"{ECHO_VIP}:{ECHO_PORT}\"]\n    endpoints: [{{ addr: \"{}\" }}]\n",
         s.addr4(53),
@@ -411,6 +414,27 @@ fn udp_through_both_sidecars(driver: &str) {
     for f in flows {
         f.join().unwrap();
     }
+
+    // A server on a port the server pod does not intercept inbound: the client's sidecar
+    // still takes the datagram there, and the answer leaves the server pod as sent (not
+    // taken for a new outbound flow), so the client's sidecar gets it from where it sent.
+    c.run(|| {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let dst = s.addr4(HIGH_PORT);
+        sock.connect(dst).unwrap();
+        sock.send(b"high").unwrap();
+        let mut buf = [0u8; 128];
+        let n = sock.recv(&mut buf).unwrap();
+        let (hash, seen) = echo_reply(&buf[..n]);
+        assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(b"high")));
+        assert_eq!(
+            seen.ip(),
+            c.ip4,
+            "not intercepted inbound: the echo saw the client's pod"
+        );
+    });
+    assert!(m.server_redirect.counter("passed_answer_to_unsteered") >= 1);
 
     // An excluded port bypasses both sidecars: the echo sees the client itself.
     let before = outbound("downstream");
