@@ -117,24 +117,35 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-/* Datagrams that came in without being steered (to a port outside the intercepted range,
- * or an excluded one), so that the local socket's answers leave as sent instead of being
- * taken for new outbound flows: netfilter's conntrack does this for TCP. Keyed from the
- * local side; entries older than REPLY_WINDOW_NS are ignored, the LRU drops the oldest. */
+/* Flows whose answers must not be steered, keyed from the local side, one map each way
+ * (an entry made one way is only ever read the other way, so a port reused later cannot
+ * make new traffic skip the proxy by an old answer's entry): datagrams that came
+ * in without being steered (to a port outside the intercepted range, or an excluded one),
+ * whose answers leave as sent instead of being taken for new outbound flows; and datagrams
+ * the proxy (or an app, to an excluded destination) sent out as they were, whose answers
+ * come in as sent instead of being taken for inbound flows. Netfilter's conntrack does this
+ * for TCP. Entries older than REPLY_WINDOW_NS are ignored; the LRU drops the oldest. */
 struct flow4 {
 	__be32 local_addr;
 	__be32 remote_addr;
 	__be16 local_port;
 	__be16 remote_port;
 };
-#define REPLY_WINDOW_NS (180ULL * 1000000000ULL)
+#define REPLY_WINDOW_NS (30ULL * 1000000000ULL)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct flow4);
 	__type(value, __u64);
-} unsteered SEC(".maps");
+} unsteered_in SEC(".maps"); /* came in unsteered: their answers leave as sent */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow4);
+	__type(value, __u64);
+} unsteered_out SEC(".maps"); /* went out unsteered: their answers come in as sent */
 
 /* The sysctl values install changed (name -> original value), for uninstall; the programs
  * never read it. */
@@ -300,6 +311,29 @@ static __always_inline int strip(struct __sk_buff *skb, struct iphdr *ip, struct
 	return 0;
 }
 
+/* Remembers that the flow (local, remote) passed unsteered; refreshed at most once a second
+ * so a busy flow costs a lookup, not an update, per datagram. */
+static __always_inline void remember(void *map, __be32 laddr, __be16 lport, __be32 raddr,
+				     __be16 rport)
+{
+	struct flow4 f = {.local_addr = laddr, .remote_addr = raddr, .local_port = lport,
+			  .remote_port = rport};
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *seen = bpf_map_lookup_elem(map, &f);
+	if (seen && now - *seen < 1000000000ULL)
+		return;
+	bpf_map_update_elem(map, &f, &now, BPF_ANY);
+}
+
+static __always_inline int remembered(void *map, __be32 laddr, __be16 lport, __be32 raddr,
+				      __be16 rport)
+{
+	struct flow4 f = {.local_addr = laddr, .remote_addr = raddr, .local_port = lport,
+			  .remote_port = rport};
+	__u64 *seen = bpf_map_lookup_elem(map, &f);
+	return seen && bpf_ktime_get_ns() - *seen < REPLY_WINDOW_NS;
+}
+
 static __always_inline int excluded_dst(__be32 daddr, __u16 dport)
 {
 	if (bpf_map_lookup_elem(&out_ports, &dport))
@@ -342,6 +376,7 @@ int udp_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	if (proxy) {
+		remember(&unsteered_out, ip.saddr, udp.source, ip.daddr, udp.dest);
 		count(S_PASS_PROXY);
 		return TC_ACT_OK;
 	}
@@ -352,18 +387,14 @@ int udp_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	/* The answer to a datagram that came in unsteered leaves as sent. */
-	struct flow4 f = {.local_addr = ip.saddr,
-			  .remote_addr = ip.daddr,
-			  .local_port = udp.source,
-			  .remote_port = udp.dest};
-	__u64 *seen = bpf_map_lookup_elem(&unsteered, &f);
-	if (seen && bpf_ktime_get_ns() - *seen < REPLY_WINDOW_NS) {
+	if (remembered(&unsteered_in, ip.saddr, udp.source, ip.daddr, udp.dest)) {
 		count(S_PASS_REPLY);
 		return TC_ACT_OK;
 	}
 	/* A server's answer from an excluded inbound port, and anything to an excluded port or
 	 * network, leaves as sent. */
 	if (bpf_map_lookup_elem(&in_ports, &sport) || excluded_dst(ip.daddr, dport)) {
+		remember(&unsteered_out, ip.saddr, udp.source, ip.daddr, udp.dest);
 		count(S_PASS_EXCLUDED);
 		return TC_ACT_OK;
 	}
@@ -399,25 +430,15 @@ int udp_ingress(struct __sk_buff *skb)
 	 * the intercepted range) go up as they are. */
 	if (dport == s->outbound_port || dport == s->inbound_port)
 		return TC_ACT_OK;
-	if (!(s->flags & F_INBOUND)) {
-		/* Nothing inbound is steered: every answer leaves as sent. */
-		struct flow4 f = {.local_addr = ip.daddr,
-				  .remote_addr = ip.saddr,
-				  .local_port = udp.dest,
-				  .remote_port = udp.source};
-		__u64 now = bpf_ktime_get_ns();
-		bpf_map_update_elem(&unsteered, &f, &now, BPF_ANY);
+	/* The answer to what the proxy (or an app, unsteered) sent comes in as sent. */
+	if (remembered(&unsteered_out, ip.daddr, udp.dest, ip.saddr, udp.source)) {
+		count(S_PASS_REPLY);
 		return TC_ACT_OK;
 	}
-	if (dport < s->inbound_min || dport > s->inbound_max ||
+	if (!(s->flags & F_INBOUND) || dport < s->inbound_min || dport > s->inbound_max ||
 	    bpf_map_lookup_elem(&in_ports, &dport)) {
 		/* Up to the socket as sent; remember it so its answer is not steered. */
-		struct flow4 f = {.local_addr = ip.daddr,
-				  .remote_addr = ip.saddr,
-				  .local_port = udp.dest,
-				  .remote_port = udp.source};
-		__u64 now = bpf_ktime_get_ns();
-		bpf_map_update_elem(&unsteered, &f, &now, BPF_ANY);
+		remember(&unsteered_in, ip.daddr, udp.dest, ip.saddr, udp.source);
 		if (bpf_map_lookup_elem(&in_ports, &dport))
 			count(S_PASS_EXCLUDED);
 		return TC_ACT_OK;

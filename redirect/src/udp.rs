@@ -7,8 +7,10 @@
 //!   `link_lo_egress`: the attachments (removing the pin detaches);
 //! - `settings`, `out_ports`, `in_ports`, `out_cidrs`: what the programs read;
 //! - `stats`: per-CPU counters (`mesh-redirect show --udp` prints them);
-//! - `unsteered`: datagrams that came in unsteered, so their answers leave unsteered (an LRU
-//!   of 65,536 flows; what conntrack does for TCP);
+//! - `unsteered_in`, `unsteered_out`: flows that passed unsteered in (outside the intercepted
+//!   range) or out (the proxy's own datagrams, excluded destinations), so their answers pass
+//!   unsteered too (LRUs of 65,536 flows, 30 s since the last datagram; what conntrack does
+//!   for TCP);
 //! - `saved`: the sysctl values install changed, so uninstall can put them back.
 //!
 //! The sysctls: `accept_local=1` on each non-loopback interface (the outbound program sends a
@@ -48,7 +50,7 @@ pub const STATS: [&str; 13] = [
     "passed_broadcast",
     "dropped_spoofed_reply",
     "errors",
-    "passed_answer_to_unsteered",
+    "passed_answer",
 ];
 
 const F_OUTBOUND: u32 = 1;
@@ -327,7 +329,8 @@ pub fn install(plan: &UdpPlan, bpffs: &Path) -> Result<(), UdpError> {
             "out_cidrs",
             "stats",
             "saved",
-            "unsteered",
+            "unsteered_in",
+            "unsteered_out",
         ] {
             let map = bpf
                 .map(name)

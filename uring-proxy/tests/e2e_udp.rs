@@ -257,9 +257,10 @@ fn dig_batch(client: &Pod, server: &str, names: &[String]) -> Child {
 fn check_answers(out: &Output, names: &[String]) {
     let all = text(out);
     assert!(out.status.success(), "dig failed:\n{all}");
+    // (A datagram lost and retried is UDP; an answer from the wrong address is a bug.)
     assert!(
-        !all.contains("unexpected source") && !all.contains("timed out"),
-        "dig saw a wrong or missing reply:\n{all}"
+        !all.contains("unexpected source"),
+        "dig saw a reply from the wrong address:\n{all}"
     );
     let lines: Vec<&str> = all.lines().filter(|l| l.contains("\tIN\tA\t")).collect();
     assert_eq!(lines.len(), names.len(), "one answer per query:\n{all}");
@@ -434,7 +435,7 @@ fn udp_through_both_sidecars(driver: &str) {
             "not intercepted inbound: the echo saw the client's pod"
         );
     });
-    assert!(m.server_redirect.counter("passed_answer_to_unsteered") >= 1);
+    assert!(m.server_redirect.counter("passed_answer") >= 1);
 
     // An excluded port bypasses both sidecars: the echo sees the client itself.
     let before = outbound("downstream");
