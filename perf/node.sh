@@ -88,6 +88,7 @@ wait "$node_pid" 2>/dev/null || true
 # --- Part 2: two pods through one node proxy, two sidecars, or nothing ---------------------
 testbed_up
 tb_spawn "$POD_B" "$work/backend.log" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" serve http --listen "[::]:9000" --threads 1
+tb_spawn "$POD_B" "$work/echo.log" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" serve tcp-echo --listen "[::]:9001" --threads 1
 # Sidecars on 15001/15006 (pod-a's by uid 1337), the node proxy (in the root namespace) on
 # 15011/15016 inside each pod.
 for pod in a b; do
@@ -144,11 +145,11 @@ for round in $(seq 1 "$ROUNDS"); do
     esac
     for scen in keepalive conn; do
       case $scen in
-        keepalive) args=(--workload http --connections "$CONNS") ;;
-        conn) args=(--workload conn --connections "$CONNS") ;;
+        keepalive) args=(--workload http --connections "$CONNS" --target "$POD_B_IP4:9000") ;;
+        conn) args=(--workload conn --connections 16 --request-size 64 --response-size 64 --target "$POD_B_IP4:9001") ;;
       esac
       json=$(in_pod "$POD_A" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" run "${args[@]}" \
-        --target "$POD_B_IP4:9000" --threads 1 --duration "$DURATION" --warmup "$WARMUP" --json - "${watch[@]}")
+        --threads 1 --duration "$DURATION" --warmup "$WARMUP" --json - "${watch[@]}")
       tput=$(sed -E 's/.*"throughput":([0-9.]+).*/\1/' <<<"$json")
       p99=$(sed -E 's/.*"p99":([0-9.]+).*/\1/' <<<"$json")
       cpu=$(sed -nE 's/.*"watched_cpu_seconds":([0-9.e+-]+).*/\1/p' <<<"$json")
@@ -178,7 +179,7 @@ out = ["# Node mode", "",
        "| ---: | ---: | ---: | ---: | ---: |", *cost, "",
        "## Two pods: one node proxy versus two sidecars", "",
        f"{rounds} interleaved rounds of {duration} (medians); HTTP keep-alive on {conns} connections, "
-       f"and one request per new connection on {conns} at a time; closed loop. The load generator and "
+       f"and one 64-byte request per new connection, 16 at a time (TCP echo); closed loop. The load generator and "
        f"backend share CPU 0; every proxy has {workers} worker(s) on CPU 1. `sidecars`: a proxy in "
        f"each pod (two hops); `node`: one node proxy serving both pods (both hops in one process). "
        f"CPU per request: the proxies' CPU time over the requests.", "",
