@@ -15,7 +15,7 @@ bin=$target_dir/release
 work=$(mktemp -d /tmp/ringmesh-nats-perf.XXXXXX)
 nats_pid=
 cleanup() {
-  [[ -n $nats_pid ]] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null
+  if [[ -n $nats_pid ]]; then kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
