@@ -23,6 +23,7 @@ lint: deps
 test: lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+	./packaging/systemd/verify.sh
 	$(MAKE) fuzz-smoke
 
 # A short run of every fuzz target (nightly, cargo-fuzz); new finds go to a scratch corpus,

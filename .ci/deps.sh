@@ -21,6 +21,7 @@ packages=(
   bpftool      # inspecting loaded programs in the UDP tests
   dnsmasq-base # a real DNS server as the app in the UDP tests and the demo
   bind9-dnsutils # dig
+  systemd      # systemd-analyze verify (the unit in packaging/systemd)
 )
 missing=()
 for p in "${packages[@]}"; do
