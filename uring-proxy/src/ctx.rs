@@ -47,6 +47,10 @@ pub(crate) struct WorkerCtx {
 pub(crate) struct SlotSignals {
     pub stop: LocalSignal,
     pub closing: LocalSignal,
+    /// Accept loops of this slot still running on the worker.
+    pub accepting: Cell<usize>,
+    /// Fired when the last of them exits after `stop`.
+    pub stopped: LocalSignal,
 }
 
 impl WorkerCtx {

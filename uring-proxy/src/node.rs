@@ -111,8 +111,12 @@ pub(crate) enum WorkerCmd {
         slot: usize,
         listeners: Vec<ListenerSetup>,
     },
-    /// Stop accepting for a workload (its listeners close).
-    StopAccepting { slot: usize },
+    /// Stop accepting for a workload; `done` is sent once every accept loop of it on this
+    /// worker has exited (so its listeners are closed).
+    StopAccepting {
+        slot: usize,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
     /// Reset a workload's remaining connections (its drain is over).
     Close { slot: usize },
 }
@@ -245,8 +249,17 @@ impl Registry {
         let slot = w.index;
         // New connections to the slot find nothing from here on.
         self.shared.workloads[slot].store(None);
+        // Every worker's listeners are closed before the drain is timed (a connection still in
+        // one worker's backlog would otherwise make it look drained).
+        let mut stopped = Vec::new();
         for tx in self.shared.worker_cmds.iter() {
-            let _ = tx.send(WorkerCmd::StopAccepting { slot });
+            let (done, rx) = tokio::sync::oneshot::channel();
+            if tx.send(WorkerCmd::StopAccepting { slot, done }).is_ok() {
+                stopped.push(rx);
+            }
+        }
+        for rx in stopped {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
         }
         let deadline = Instant::now() + self.drain_timeout;
         while w.active() > 0 && Instant::now() < deadline {

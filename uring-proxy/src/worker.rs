@@ -163,7 +163,16 @@ async fn commands(
                     }
                 }
             }
-            Some(WorkerCmd::StopAccepting { slot }) => ctx.slot(slot).stop.fire(),
+            Some(WorkerCmd::StopAccepting { slot, done }) => {
+                let s = ctx.slot(slot);
+                s.stop.fire();
+                monoio::spawn(async move {
+                    if s.accepting.get() > 0 {
+                        s.stopped.wait().await;
+                    }
+                    let _ = done.send(());
+                });
+            }
             Some(WorkerCmd::Close { slot }) => ctx.slot(slot).closing.fire(),
         }
     }
@@ -207,6 +216,8 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, workload: usize, listen
     let w = &*w;
     // This workload's generation of the slot's signals: a removal stops this loop.
     let slot = ctx.slot(workload);
+    slot.accepting.set(slot.accepting.get() + 1);
+    let running = AcceptGuard(slot.clone());
     // A spare descriptor, given up when the process runs out so that one pending connection
     // can be accepted and closed: the client hears at once instead of waiting in the backlog.
     let mut reserve = File::open("/dev/null").ok();
@@ -281,7 +292,23 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, workload: usize, listen
             }
         }
     }
+    // The listener closes first, then the slot hears that this loop is gone.
+    drop(listener);
+    drop(running);
     tracing::debug!(worker = ctx.id, %dir, "listener closed");
+}
+
+/// Counts a slot's accept loop while it runs; the last to exit after a stop says so.
+struct AcceptGuard(Rc<crate::ctx::SlotSignals>);
+
+impl Drop for AcceptGuard {
+    fn drop(&mut self) {
+        let n = self.0.accepting.get().saturating_sub(1);
+        self.0.accepting.set(n);
+        if n == 0 && self.0.stop.is_fired() {
+            self.0.stopped.fire();
+        }
+    }
 }
 
 /// Accepts-and-resets a connection the worker will not serve.
