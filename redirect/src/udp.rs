@@ -223,13 +223,29 @@ fn ensure_bpffs(bpffs: &Path) -> Result<(), UdpError> {
     if is_bpffs(bpffs) {
         return Ok(());
     }
+    // A wrapper that gave us a mount namespace of our own (`ip netns exec`, `unshare -m`)
+    // shows as ours differing from our parent's; a bpffs mounted there would vanish with it.
+    // (PID 1's may not be readable, so the parent is what is compared.)
     let mnt_ns = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
-    if mnt_ns("/proc/self/ns/mnt") != mnt_ns("/proc/1/ns/mnt") {
+    let parent = format!("/proc/{}/ns/mnt", nix::unistd::getppid());
+    if let (Some(own), Some(parent)) = (mnt_ns("/proc/self/ns/mnt"), mnt_ns(&parent))
+        && own != parent
+    {
         return Err(UdpError::PrivateMountNs {
             path: bpffs.display().to_string(),
         });
     }
     std::fs::create_dir_all(bpffs).map_err(|e| io(bpffs.display().to_string(), e))?;
+    // Two installers at once must not both mount (the second mount would hide the first's
+    // pins): one at a time, and the second finds it mounted.
+    let lock_path = std::env::temp_dir().join("ringmesh-redirect-bpffs.lock");
+    let lock =
+        std::fs::File::create(&lock_path).map_err(|e| io(lock_path.display().to_string(), e))?;
+    let _locked = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io(lock_path.display().to_string(), e))?;
+    if is_bpffs(bpffs) {
+        return Ok(());
+    }
     nix::mount::mount(
         Some("bpf"),
         bpffs,
