@@ -36,7 +36,7 @@ pub(crate) struct WorkerCtx {
     pub log: LogLimiter,
     /// Per workload slot (node mode): fired when it stops accepting, and when its remaining
     /// connections are to be reset. A sidecar's one slot never fires them.
-    slots: RefCell<std::collections::HashMap<usize, Rc<SlotSignals>>>,
+    slots: RefCell<Vec<Rc<SlotSignals>>>,
     /// Node mode: this worker's own network namespace, to come back to after making a socket
     /// in a workload's.
     pub home_netns: Option<std::fs::File>,
@@ -73,14 +73,17 @@ impl WorkerCtx {
 
     /// The signals of workload `slot` on this worker.
     pub fn slot(&self, slot: usize) -> Rc<SlotSignals> {
-        self.slots.borrow_mut().entry(slot).or_default().clone()
+        let mut slots = self.slots.borrow_mut();
+        if slots.len() <= slot {
+            slots.resize_with(slot + 1, Rc::default);
+        }
+        slots[slot].clone()
     }
 
     /// A new generation of `slot`'s signals (a workload registered there afresh).
-    pub fn reset_slot(&self, slot: usize) -> Rc<SlotSignals> {
-        let s = Rc::new(SlotSignals::default());
-        self.slots.borrow_mut().insert(slot, s.clone());
-        s
+    pub fn reset_slot(&self, slot: usize) {
+        self.slot(slot);
+        self.slots.borrow_mut()[slot] = Rc::default();
     }
 
     /// Completes when the worker closes, or when workload `slot`'s connections are to be

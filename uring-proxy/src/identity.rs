@@ -77,12 +77,7 @@ pub(crate) fn start_for(shared: &Arc<Shared>, w: &Arc<Workload>) {
         (event, _) => on_event(&target, event),
     };
     let stopper = w.clone();
-    let stop = async move {
-        while !stopper.identity_stopped.load(Relaxed) {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stopper.identity_stop.notified())
-                .await;
-        }
-    };
+    let stop = async move { stopper.identity_stop.notified().await };
     tracing::info!(workload = %w.key, socket = %socket.display(), selectors = ?reg.selectors(), "identity from the Delegated Identity API");
     tokio::spawn(source::delegated(socket, reg.selectors(), on, stop));
 }

@@ -125,7 +125,9 @@ pub(crate) enum WorkerCmd {
 #[derive(Debug, Default)]
 pub struct NodeStats {
     pub added: AtomicU64,
+    /// Removed by request.
     pub removed: AtomicU64,
+    /// Removed because their network namespace went away.
     pub netns_gone: AtomicU64,
     pub refused: AtomicU64,
 }
@@ -274,12 +276,11 @@ impl Registry {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         w.identity.store(None);
-        w.identity_stop.notify_waiters();
-        w.identity_stopped.store(true, Relaxed);
-        self.stats().removed.fetch_add(1, Relaxed);
-        if why == "netns_gone" {
-            self.stats().netns_gone.fetch_add(1, Relaxed);
-        }
+        w.identity_stop.notify_one();
+        match why {
+            "netns_gone" => self.stats().netns_gone.fetch_add(1, Relaxed),
+            _ => self.stats().removed.fetch_add(1, Relaxed),
+        };
         tracing::info!(workload = %name, slot, reason = why, reset = drained, "workload removed");
         Ok(serde_json::json!({ "ok": true, "workload": name, "reset_connections": drained }))
     }

@@ -221,6 +221,19 @@ impl Shared {
         self.workloads.get(slot)?.load_full()
     }
 
+    /// Connections worker `worker` holds now, every workload (no allocation: the accept
+    /// loop asks per connection).
+    pub fn active_on(&self, worker: usize) -> i64 {
+        self.workloads
+            .iter()
+            .map(|s| {
+                s.load()
+                    .as_ref()
+                    .map_or(0, |w| w.shards[worker].active_total())
+            })
+            .sum()
+    }
+
     /// Every registered workload, in slot order.
     pub fn registered(&self) -> Vec<Arc<Workload>> {
         self.workloads

@@ -120,12 +120,7 @@ async fn run(
     let _ = phase.wait_for(|p| *p == Phase::Closing).await;
     ctx.closing.fire();
     // Reset connections unwind within a tick or two.
-    while ctx
-        .shared
-        .registered()
-        .iter()
-        .any(|w| w.shards[ctx.id].active_total() > 0)
-    {
+    while ctx.shared.active_on(ctx.id) > 0 {
         monoio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())
@@ -245,11 +240,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, workload: usize, listen
         match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::ZERO;
-                let held: i64 = shared
-                    .registered()
-                    .iter()
-                    .map(|w| w.shards[ctx.id].active_total())
-                    .sum();
+                let held = shared.active_on(ctx.id);
                 if held >= i64::from(limit.get()) {
                     refuse(&ctx, w, dir, stream, Outcome::ConnectionLimit);
                     continue;

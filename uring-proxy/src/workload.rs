@@ -37,9 +37,9 @@ pub struct Workload {
     pub identity_last_error: ArcSwapOption<String>,
     /// One shard per worker.
     pub shards: Box<[WorkerShard]>,
-    /// Node mode: wakes this workload's identity task when it is removed.
+    /// Node mode: ends this workload's identity stream when it is removed (`notify_one`
+    /// keeps the wake-up if the stream is not waiting at that moment).
     pub identity_stop: tokio::sync::Notify,
-    pub identity_stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Workload {
@@ -57,7 +57,6 @@ impl Workload {
             identity_last_error: ArcSwapOption::empty(),
             shards: (0..workers).map(|_| WorkerShard::default()).collect(),
             identity_stop: tokio::sync::Notify::new(),
-            identity_stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

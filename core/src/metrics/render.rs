@@ -51,8 +51,9 @@ pub struct NodeInfo {
     pub workloads: usize,
     pub capacity: usize,
     pub added: u64,
+    /// Removed by request.
     pub removed: u64,
-    /// Removed because their network namespace went away (also in `removed`).
+    /// Removed because their network namespace went away.
     pub netns_gone: u64,
     pub refused: u64,
 }
@@ -353,11 +354,7 @@ fn process(o: &mut Out, workers: &[WorkerStats], info: &ProcessInfo) {
         );
         let name = "ringmesh_node_registrations_total";
         o.sample(name, &[("result", "added")], n.added);
-        o.sample(
-            name,
-            &[("result", "removed")],
-            n.removed - n.netns_gone.min(n.removed),
-        );
+        o.sample(name, &[("result", "removed")], n.removed);
         o.sample(name, &[("result", "netns_gone")], n.netns_gone);
         o.sample(name, &[("result", "refused")], n.refused);
     }
