@@ -350,7 +350,7 @@ fn process(o: &mut Out, workers: &[WorkerStats], info: &ProcessInfo) {
         o.family(
             "ringmesh_node_registrations_total",
             "counter",
-            "Registration requests by result: added, removed (by request or because the network namespace went away: netns_gone), refused.",
+            "Registration requests by result: added, removed (by request), netns_gone (removed because the network namespace went away), refused.",
         );
         let name = "ringmesh_node_registrations_total";
         o.sample(name, &[("result", "added")], n.added);
