@@ -15,7 +15,15 @@ use hyper_util::rt::TokioIo;
 
 use crate::state::{Phase, Shared};
 
-pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
+/// What a listener serves: the admin endpoints (loopback), or the health port (the pod's
+/// address: `/ready`, `/live`, `/metrics` and the app probes).
+#[derive(Clone)]
+pub(crate) enum Surface {
+    Admin,
+    Health(Arc<crate::health::AppProbes>),
+}
+
+pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, surface: Surface) {
     let listener = match listener
         .set_nonblocking(true)
         .and_then(|()| tokio::net::TcpListener::from_std(listener))
@@ -39,7 +47,7 @@ pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) 
             {
                 drop(reserve.take());
                 if let Ok((s, _)) = listener.accept().await {
-                    serve_one(s, shared.clone()).await;
+                    serve_one(s, shared.clone(), surface.clone()).await;
                 }
                 reserve = std::fs::File::open("/dev/null").ok();
                 if reserve.is_none() {
@@ -53,14 +61,20 @@ pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) 
                 continue;
             }
         };
-        tokio::spawn(serve_one(stream, shared.clone()));
+        tokio::spawn(serve_one(stream, shared.clone(), surface.clone()));
     }
 }
 
-async fn serve_one(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+async fn serve_one(stream: tokio::net::TcpStream, shared: Arc<Shared>, surface: Surface) {
     let svc = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(&req, &shared)) }
+        let surface = surface.clone();
+        async move {
+            Ok::<_, Infallible>(match &surface {
+                Surface::Admin => handle(&req, &shared),
+                Surface::Health(probes) => crate::health::handle(&req, &shared, probes).await,
+            })
+        }
     });
     if let Err(e) = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), svc)
@@ -70,7 +84,7 @@ async fn serve_one(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
     }
 }
 
-fn respond(
+pub(crate) fn respond(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
@@ -82,9 +96,9 @@ fn respond(
     r
 }
 
-const TEXT: &str = "text/plain; charset=utf-8";
+pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 
-fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+pub(crate) fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !matches!(
         path,

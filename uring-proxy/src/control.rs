@@ -25,6 +25,8 @@ pub(crate) enum Command {
 
 pub(crate) struct ControlSetup {
     pub admin: Option<std::net::TcpListener>,
+    /// The health port and the app probes it answers for.
+    pub health: Option<(std::net::TcpListener, Arc<crate::health::AppProbes>)>,
     pub signals: bool,
     pub drain_timeout: Duration,
     /// Node mode: the registration socket, bound by the main thread.
@@ -42,7 +44,10 @@ pub(crate) fn spawn(
     thread::Builder::new().name("ringmesh-control".into()).spawn(move || {
         rt.block_on(async move {
             if let Some(l) = setup.admin {
-                tokio::spawn(crate::admin::serve(l, shared.clone()));
+                tokio::spawn(crate::admin::serve(l, shared.clone(), crate::admin::Surface::Admin));
+            }
+            if let Some((l, probes)) = setup.health {
+                tokio::spawn(crate::admin::serve(l, shared.clone(), crate::admin::Surface::Health(probes)));
             }
             crate::identity::start(&shared);
             if let Some(l) = setup.node_socket {

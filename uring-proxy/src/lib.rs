@@ -25,6 +25,7 @@ mod duplex;
 mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
+pub mod health;
 mod identity;
 mod idle;
 mod inbound;

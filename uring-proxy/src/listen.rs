@@ -36,7 +36,10 @@ pub enum BindError {
     },
 }
 
-fn classify(what: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> BindError {
+pub(crate) fn classify(
+    what: &'static str,
+    addr: SocketAddr,
+) -> impl FnOnce(io::Error) -> BindError {
     move |e| match e.kind() {
         io::ErrorKind::AddrInUse => BindError::InUse { what, addr },
         io::ErrorKind::PermissionDenied => BindError::Permission { what, addr },

@@ -62,6 +62,18 @@ struct Args {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     stall_timeout: Duration,
 
+    /// Serve /ready, /live, /metrics and the app's rewritten probes on this address (the pod's
+    /// address, for the kubelet and Prometheus; `meshctl inject` sets 0.0.0.0:15020). The
+    /// admin endpoints stay on the config's `admin` address.
+    #[arg(long, env = "RINGMESH_HEALTH")]
+    health: Option<std::net::SocketAddr>,
+
+    /// The app probes the health port answers for, as JSON: path
+    /// (`/app-health/CONTAINER/PROBE`) to a Kubernetes httpGet or tcpSocket handler with
+    /// numeric ports, and timeoutSeconds (`meshctl inject` writes it).
+    #[arg(long, env = "RINGMESH_APP_PROBES", requires = "health")]
+    app_probes: Option<String>,
+
     /// Validate the config, print every error, and exit.
     #[arg(long)]
     check_config: bool,
@@ -154,6 +166,18 @@ fn main() -> ExitCode {
         },
         None => Config::embedded_default(),
     };
+    let app_probes = match args
+        .app_probes
+        .as_deref()
+        .map(uring_proxy::health::AppProbes::parse)
+    {
+        None => uring_proxy::health::AppProbes::default(),
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         println!("config OK");
         return ExitCode::SUCCESS;
@@ -178,6 +202,8 @@ fn main() -> ExitCode {
         workload,
         stall_timeout: args.stall_timeout,
         dropped_lines: Some(dropped_lines),
+        health: args.health,
+        app_probes: Arc::new(app_probes),
     };
     let proxy = match Proxy::start(config, opts) {
         Ok(p) => p,

@@ -47,6 +47,10 @@ pub struct ProxyOptions {
     pub stall_timeout: Duration,
     /// Log lines the log writer dropped, for the metrics.
     pub dropped_lines: Option<DroppedLines>,
+    /// The health port (`/ready`, `/live`, `/metrics`, app probes) on this address.
+    pub health: Option<SocketAddr>,
+    /// The app probes the health port answers for.
+    pub app_probes: Arc<crate::health::AppProbes>,
 }
 
 impl Default for ProxyOptions {
@@ -64,6 +68,8 @@ impl Default for ProxyOptions {
             workload: WorkloadKey::sidecar(),
             stall_timeout: Duration::from_secs(5),
             dropped_lines: None,
+            health: None,
+            app_probes: Arc::default(),
         }
     }
 }
@@ -77,6 +83,8 @@ impl std::fmt::Debug for ProxyOptions {
             .field("signals", &self.signals)
             .field("drain_timeout", &self.drain_timeout)
             .field("workload", &self.workload)
+            .field("health", &self.health)
+            .field("app_probes", &self.app_probes.len())
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +127,7 @@ pub struct Proxy {
     outbound: SocketAddr,
     inbound: SocketAddr,
     admin: Option<SocketAddr>,
+    health: Option<SocketAddr>,
 }
 
 /// Fails at start, not at the first connection, when the mark cannot be set.
@@ -199,22 +208,18 @@ impl Proxy {
         let mut udp_inbound = udp_inbound.map(Vec::into_iter);
         let admin = if opts.admin {
             let a = config.boot.admin;
-            let l = std::net::TcpListener::bind(a).map_err(|e| match e.kind() {
-                io::ErrorKind::AddrInUse => BindError::InUse {
-                    what: "admin",
-                    addr: a,
-                },
-                _ => BindError::Other {
-                    what: "admin",
-                    addr: a,
-                    source: e,
-                },
-            })?;
-            Some(l)
+            Some(std::net::TcpListener::bind(a).map_err(crate::listen::classify("admin", a))?)
         } else {
             None
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        let health = match opts.health {
+            Some(a) => {
+                Some(std::net::TcpListener::bind(a).map_err(crate::listen::classify("health", a))?)
+            }
+            None => None,
+        };
+        let health_addr = health.as_ref().and_then(|l| l.local_addr().ok());
         let node_socket = match config.boot.mode {
             Mode::Node => {
                 let path = config.boot.node.socket.clone();
@@ -254,6 +259,7 @@ impl Proxy {
 
         let mut own = vec![outbound_addr, inbound_addr];
         own.extend(admin_addr);
+        own.extend(health_addr);
         own.extend(udp_outbound_addr);
         own.extend(udp_inbound_addr);
         let shared = Shared::new(SharedSetup {
@@ -323,6 +329,7 @@ impl Proxy {
             shared.clone(),
             ControlSetup {
                 admin,
+                health: health.map(|l| (l, opts.app_probes.clone())),
                 signals: opts.signals,
                 drain_timeout: opts.drain_timeout,
                 node_socket,
@@ -356,6 +363,7 @@ impl Proxy {
             outbound: outbound_addr,
             inbound: inbound_addr,
             admin: admin_addr,
+            health: health_addr,
         })
     }
 
@@ -369,6 +377,10 @@ impl Proxy {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health
     }
 
     pub fn driver(&self) -> DriverKind {

@@ -1,6 +1,8 @@
 //! Inbound protocol detection with real third-party TLS: openssl's `s_server` as an app that
 //! speaks its own TLS, curl and `s_client` as its clients, through the inbound proxy on
-//! loopback; and the peers detection must not wait on forever. Both drivers.
+//! loopback; and the peers detection must not wait on forever. Also the health port, which
+//! makes the kubelet's probes of a strict app (plain HTTP, s_server's HTTPS, TCP) itself.
+//! Both drivers.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
 
 mod support;
@@ -20,6 +22,7 @@ both_drivers!(
     app_tls_is_refused_on_a_strict_port,
     truncated_hello_and_silent_peer_are_closed_in_time,
     server_first_protocol_passes_a_permissive_port,
+    kubelet_probes_of_a_strict_app_go_through_the_health_port,
 );
 
 /// A TLS server the proxy did not write: `openssl s_server`, killed on drop.
@@ -291,4 +294,92 @@ fn server_first_protocol_passes_a_permissive_port(driver: DriverChoice) {
         metric(&p, "ringmesh_inbound_detected_total{protocol=\"silent\"}"),
         1
     );
+}
+
+/// A plain HTTP app: `/healthz` answers 200 when the probe's header came along (400 when it
+/// did not), anything else 500.
+fn http_app() -> Server {
+    server(|mut s| {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let req = String::from_utf8_lossy(&req).to_ascii_lowercase();
+        let status = if req.starts_with("get /healthz ") {
+            if req.contains("\r\nx-probe: kubelet\r\n") {
+                "200 OK"
+            } else {
+                "400 Bad Request"
+            }
+        } else {
+            "500 Internal Server Error"
+        };
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        );
+    })
+}
+
+fn kubelet_probes_of_a_strict_app_go_through_the_health_port(driver: DriverChoice) {
+    let app = http_app();
+    let tls_app = s_server("probe-https", "-www");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let probes = format!(
+        r#"{{
+        "/app-health/web/readiness": {{"httpGet": {{"path": "/healthz", "port": {p},
+            "httpHeaders": [{{"name": "X-Probe", "value": "kubelet"}}]}}}},
+        "/app-health/web/startup": {{"httpGet": {{"path": "/healthz", "port": {p}}}}},
+        "/app-health/web/liveness": {{"httpGet": {{"path": "/other", "port": {p}}}, "timeoutSeconds": 2}},
+        "/app-health/tls/readiness": {{"httpGet": {{"path": "/", "port": {t}, "scheme": "HTTPS"}}}},
+        "/app-health/tcp/liveness": {{"tcpSocket": {{"port": {p}}}}},
+        "/app-health/gone/liveness": {{"tcpSocket": {{"port": {closed}}}}}
+    }}"#,
+        p = app.addr.port(),
+        t = tls_app.addr.port(),
+    );
+    let mut opts = options(driver, 2, fixed(app.addr));
+    opts.health = Some("127.0.0.1:0".parse().unwrap());
+    opts.app_probes = std::sync::Arc::new(uring_proxy::health::AppProbes::parse(&probes).unwrap());
+    let p = start_with(config("inbound: { mode: strict }"), opts);
+    let health = p.health_addr().expect("health port bound");
+    // The app port itself refuses the kubelet's plaintext: strict.
+    let mut direct = connect(p.inbound_addr());
+    let _ = write!(direct, "GET /healthz HTTP/1.0\r\n\r\n");
+    assert!(
+        read_end(&mut direct).map(|b| b.is_empty()).unwrap_or(true),
+        "strict port answered plaintext"
+    );
+    for (path, want) in [
+        ("/app-health/web/readiness", 200),
+        ("/app-health/web/startup", 400),
+        ("/app-health/web/liveness", 500),
+        ("/app-health/tls/readiness", 200),
+        ("/app-health/tcp/liveness", 200),
+        ("/app-health/gone/liveness", 503),
+        ("/app-health/web/unknown", 404),
+        ("/ready", 200),
+        ("/live", 200),
+        // The admin endpoints stay on loopback's admin port.
+        ("/config", 404),
+        ("/identity", 404),
+    ] {
+        let (status, body) = http_get(health, path);
+        assert_eq!(status, want, "{path}: {body}");
+    }
+    let (status, body) = http_get(health, "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("ringmesh_"), "{body}");
+    drop(tls_app);
+    let (status, body) = http_get(health, "/app-health/tls/readiness");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("connect"), "{body}");
 }
