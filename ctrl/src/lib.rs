@@ -3,13 +3,15 @@
 //! Identity sources for the proxy's control thread (the SPIFFE Workload API, as served by a
 //! SPIRE agent, and PEM files), a development Workload API server with its own CA
 //! (`meshctl identity serve`) for single-machine use and tests, and configuration over NATS
-//! (`nats`: the proxy's follower and the control plane's publisher). Everything here runs on a
+//! (`nats`: the proxy's follower and the control plane's publisher), and the Kubernetes
+//! sidecar injector (`inject`). Everything here runs on a
 //! tokio runtime; none of it touches the data plane, which only ever sees the immutable
 //! identity snapshots the control thread publishes.
 #![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod devserver;
+pub mod inject;
 pub mod nats;
 pub mod pem;
 pub mod source;

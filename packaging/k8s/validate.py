@@ -236,7 +236,9 @@ def main():
                 for msg in extra_checks(item):
                     fail(what, msg)
                 meta = get(item, "metadata")
-                key = (item["apiVersion"].split("/")[0] if "/" in item["apiVersion"] else "",
+                # Per directory: a directory is one apply unit (inject/examples and
+                # inject/golden hold the same objects before and after injection).
+                key = (os.path.dirname(f), item["apiVersion"].split("/")[0] if "/" in item["apiVersion"] else "",
                        item["kind"], meta.get("namespace"), meta.get("name"))
                 if meta.get("name"):
                     if key in names:

@@ -29,6 +29,12 @@ enum Cmd {
     /// Workload identities (SPIFFE).
     #[command(subcommand)]
     Identity(IdentityCmd),
+    /// Add ringmesh to Kubernetes workloads (Pod, Deployment, StatefulSet, DaemonSet,
+    /// ReplicaSet, ReplicationController, Job, CronJob, List; YAML or JSON, several documents):
+    /// the interception init container, the sidecar, volumes, and the app's probes rewritten to
+    /// the sidecar's health port. Injecting twice changes nothing; --uninject removes exactly
+    /// what was added. Writes the result to stdout and a line per pod template to stderr.
+    Inject(Box<InjectArgs>),
     /// A node proxy's workloads (its root-only registration socket).
     #[command(subcommand)]
     Node(NodeCmd),
@@ -115,6 +121,93 @@ struct NatsArgs {
     bucket: String,
     #[arg(long, default_value = ringmesh_ctrl::nats::STATUS_BUCKET)]
     status_bucket: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct InjectArgs {
+    /// The manifests; - for stdin.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    file: String,
+    /// Remove what inject added instead.
+    #[arg(long)]
+    uninject: bool,
+    #[arg(long, default_value_t = ringmesh_ctrl::inject::Options::default().proxy_image)]
+    proxy_image: String,
+    #[arg(long, default_value_t = ringmesh_ctrl::inject::Options::default().init_image)]
+    init_image: String,
+    /// The sidecar's uid and gid (interception lets its traffic pass by uid).
+    #[arg(long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The rule backend of the init container: nftables or iptables.
+    #[arg(long, default_value = "nftables", value_parser = ["nftables", "iptables"])]
+    backend: String,
+    /// Intercept UDP (eBPF) in every pod, unless its ringmesh.io/intercept-udp annotation
+    /// says "false".
+    #[arg(long)]
+    udp: bool,
+    /// Inbound ports that reach the app directly; must agree with a pod's
+    /// ringmesh.io/exclude-inbound-ports or config.nsm.nginx.com/ignore-incoming-ports.
+    #[arg(long, alias = "ignore-incoming-ports", value_delimiter = ',')]
+    exclude_inbound_ports: Option<Vec<u16>>,
+    /// Outbound ports not intercepted; must agree with a pod's
+    /// ringmesh.io/exclude-outbound-ports or config.nsm.nginx.com/ignore-outgoing-ports.
+    #[arg(long, alias = "ignore-outgoing-ports", value_delimiter = ',')]
+    exclude_outbound_ports: Option<Vec<u16>>,
+    /// Outbound networks not intercepted; must agree with ringmesh.io/exclude-outbound-cidrs.
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_cidrs: Option<Vec<ipnet::IpNet>>,
+    /// The ConfigMap (in the pod's namespace) whose config.yaml the sidecar runs.
+    #[arg(long, default_value = "ringmesh-sidecar")]
+    config_map: String,
+    /// The node directory with the Workload API socket.
+    #[arg(long, default_value = "/run/spire/sockets")]
+    spire_socket_dir: String,
+    /// The sidecar's seccomp profile, relative to the kubelet's seccomp root (the runtime's
+    /// default plus io_uring: packaging/seccomp/ringmesh.json).
+    #[arg(long, default_value = "profiles/ringmesh.json")]
+    seccomp_profile: String,
+    /// Use the runtime's default seccomp profile instead: io_uring is denied there and the
+    /// proxy runs on epoll (ringmesh_driver reports it).
+    #[arg(long, conflicts_with = "seccomp_profile")]
+    runtime_default_seccomp: bool,
+    /// The sidecar's health port: /ready, /live, /metrics and the rewritten app probes.
+    #[arg(long, default_value_t = 15020)]
+    health_port: u16,
+}
+
+fn inject(a: InjectArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let input = if a.file == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(&a.file).map_err(|e| anyhow::anyhow!("{}: {e}", a.file))?
+    };
+    let opts = ringmesh_ctrl::inject::Options {
+        proxy_image: a.proxy_image,
+        init_image: a.init_image,
+        proxy_uid: a.proxy_uid,
+        backend: a.backend,
+        udp: a.udp,
+        exclude_inbound_ports: a.exclude_inbound_ports,
+        exclude_outbound_ports: a.exclude_outbound_ports,
+        exclude_outbound_cidrs: a.exclude_outbound_cidrs,
+        config_map: a.config_map,
+        spire_socket_dir: a.spire_socket_dir,
+        seccomp_profile: (!a.runtime_default_seccomp).then_some(a.seccomp_profile),
+        health_port: a.health_port,
+    };
+    let (out, report) = if a.uninject {
+        ringmesh_ctrl::inject::uninject(&input)?
+    } else {
+        ringmesh_ctrl::inject::inject(&input, &opts)?
+    };
+    for l in &report.lines {
+        eprintln!("{l}");
+    }
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,6 +386,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match Cli::parse().command {
+        Cmd::Inject(a) => inject(*a),
         Cmd::Identity(IdentityCmd::Serve {
             socket,
             trust_domain,
