@@ -326,10 +326,10 @@ where
     for k in keys {
         if let Some(v) = annotation(pod, k) {
             let set: BTreeSet<T> = parse_list(k, v)?.into_iter().collect();
-            if let Some((other, prev)) = &from_pod {
-                if *prev != set {
-                    return Err(format!("annotations {other} and {k} disagree"));
-                }
+            if let Some((other, prev)) = &from_pod
+                && *prev != set
+            {
+                return Err(format!("annotations {other} and {k} disagree"));
             }
             from_pod = Some(((*k).to_string(), set));
         }
@@ -859,14 +859,14 @@ fn uninject_pod(pod: &mut Mapping, what: &str, report: &mut Report) -> Result<()
             }
         }
     }
-    if let Some(probes) = status.get("probes").and_then(Value::as_mapping) {
-        if let Some(containers) = get_mut(spec, "containers").and_then(Value::as_sequence_mut) {
-            for c in containers.iter_mut().filter_map(Value::as_mapping_mut) {
-                let name = str_of(c, "name").unwrap_or("").to_string();
-                if let Some(saved) = probes.get(name.as_str()).and_then(Value::as_mapping) {
-                    for (field, original) in saved {
-                        c.insert(field.clone(), original.clone());
-                    }
+    if let Some(probes) = status.get("probes").and_then(Value::as_mapping)
+        && let Some(containers) = get_mut(spec, "containers").and_then(Value::as_sequence_mut)
+    {
+        for c in containers.iter_mut().filter_map(Value::as_mapping_mut) {
+            let name = str_of(c, "name").unwrap_or("").to_string();
+            if let Some(saved) = probes.get(name.as_str()).and_then(Value::as_mapping) {
+                for (field, original) in saved {
+                    c.insert(field.clone(), original.clone());
                 }
             }
         }
