@@ -22,6 +22,12 @@ packages=(
   dnsmasq-base # a real DNS server as the app in the UDP tests and the demo
   bind9-dnsutils # dig
   systemd      # systemd-analyze verify (the unit in packaging/systemd)
+  buildah      # builds the images in packaging/image (FROM scratch, nothing pulled)
+  podman       # runs them as pods (packaging/image/pod-test.sh)
+  runc         # podman's runtime here (crun refuses the hybrid cgroup layout)
+  containernetworking-plugins # podman's CNI bridge for the pods' network
+  debootstrap  # the throwaway Debian root the .deb is installed into (packaging/deb/test.sh)
+  dpkg-dev     # dpkg-deb and dpkg-shlibdeps for the .deb
 )
 missing=()
 for p in "${packages[@]}"; do
