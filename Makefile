@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all deps build release test lint fuzz-smoke demo clean
+.PHONY: all deps build release test lint fuzz-smoke demo pod-demo image deb deb-test package-test clean
 
 all: build
 
@@ -23,8 +23,7 @@ lint: deps
 test: lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
-	./packaging/systemd/verify.sh
-	./packaging/k8s/validate.sh
+	./packaging/test.sh
 	$(MAKE) fuzz-smoke
 
 # A short run of every fuzz target (nightly, cargo-fuzz); new finds go to a scratch corpus,
@@ -42,6 +41,26 @@ fuzz-smoke: deps
 # Two namespaced "pods", interception in both, a sidecar in both, traffic through them.
 demo: release
 	./bench/demo.sh
+
+# Packaging, from the release binaries: the container images (OCI archives in
+# target/image), the .deb (target/deb), and their tests. `make test` runs the same tests on
+# the debug binaries it builds (packaging/test.sh), which saves CI a release build.
+image: release
+	./packaging/image/build.sh
+
+deb: release
+	./packaging/deb/build.sh
+
+deb-test: deb
+	./packaging/deb/test.sh
+	./packaging/deb/lintian.sh
+
+package-test: release
+	BIN=$$(source bench/target-dir.sh && echo "$$target_dir/release") ./packaging/test.sh
+
+# Two podman pods from the images, mTLS between their sidecars (packaging/image/pod-test.sh).
+pod-demo: release
+	./packaging/image/pod-test.sh
 
 clean:
 	$(CARGO) clean
