@@ -4,7 +4,7 @@
 # need (and the dynamic loader), and nothing else: no shell, no package manager. Nothing is
 # pulled from a registry.
 #
-#   localhost/ringmesh/proxy:VERSION  uring-proxy, as uid/gid 1337 (ringmesh)
+#   localhost/ringmesh/proxy:VERSION  uring-proxy (and meshctl), as uid/gid 1337 (ringmesh)
 #   localhost/ringmesh/init:VERSION   mesh-redirect with nft and iptables (nft backend), as root
 #
 # Both are saved as OCI archives in $OUT (default: the target dir's image/). With
@@ -30,7 +30,7 @@ done
 
 start=$EPOCHREALTIME
 resolve_dirs
-for b in uring-proxy mesh-redirect; do
+for b in uring-proxy meshctl mesh-redirect; do
   [[ -x $bin_dir/$b ]] || die "$bin_dir/$b is missing: build first (cargo build --release --workspace --bins), or set BIN"
 done
 for t in buildah podman ldd tar strip; do
@@ -160,6 +160,9 @@ commit() {
 # --- proxy: uring-proxy as uid 1337 ------------------------------------------------------
 r=$(new_rootfs proxy)
 add_bin "$r" "$bin_dir/uring-proxy" /usr/bin/uring-proxy strip
+# meshctl: the development identity server (packaging/k8s/control-plane/identity-server.yaml)
+# and `meshctl node add` run from this image.
+add_bin "$r" "$bin_dir/meshctl" /usr/bin/meshctl strip
 # A user and group to run as (the proxy's identity is its uid: interception exempts it, and
 # the Workload API picks its SVID by it); root exists only so that tools reading
 # /etc/passwd find uid 0.

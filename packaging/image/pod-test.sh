@@ -172,7 +172,8 @@ for image in "$PROXY_IMAGE" "$INIT_IMAGE"; do
     fail "$image lacks its binary"
   if [[ $image == "$PROXY_IMAGE" ]]; then
     exes=$(cd "$mnt" && find . -type f -perm -u+x ! -name '*.so*' | sort | tr '\n' ' ')
-    [[ $exes == "./usr/bin/uring-proxy " ]] || fail "$image has executables besides uring-proxy: $exes"
+    [[ $exes == "./usr/bin/meshctl ./usr/bin/uring-proxy " ]] ||
+      fail "$image has executables besides uring-proxy and meshctl: $exes"
   fi
   podman image unmount "$image" >/dev/null
 done
