@@ -9,14 +9,24 @@ use ringmesh_core::{ClientAddr, OrigDst};
 
 use crate::sys;
 
-/// What a source may look at to find a connection's original destination.
+/// What a source may look at to find a connection's original destination. Addresses are
+/// read from the socket on demand: `SO_ORIGINAL_DST` needs neither, and each is a syscall.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     /// The accepted socket.
     pub fd: RawFd,
-    /// The accepted socket's local address (the listener's port).
-    pub local: SocketAddr,
-    pub client: ClientAddr,
+}
+
+impl ConnInfo {
+    /// The accepted socket's local address (the listener's port): `getsockname`.
+    pub fn local(&self) -> io::Result<SocketAddr> {
+        sys::local_addr(sys::fd_ref(&self.fd))
+    }
+
+    /// The client's address: `getpeername`.
+    pub fn client(&self) -> io::Result<ClientAddr> {
+        sys::peer_addr(sys::fd_ref(&self.fd)).map(ClientAddr::new)
+    }
 }
 
 /// Recovers the original destination of an accepted connection.
@@ -30,13 +40,23 @@ pub struct SoOriginalDst;
 
 impl OrigDstSource for SoOriginalDst {
     fn original_dst(&self, conn: &ConnInfo) -> io::Result<OrigDst> {
-        // An IPv4 client of a dual-stack `[::]` socket has a v4-mapped local address; its
-        // conntrack entry is IPv4, so it needs SOL_IP.
-        let ipv6 = match conn.local {
-            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_none(),
-            SocketAddr::V4(_) => false,
-        };
-        sys::original_dst(sys::fd_ref(&conn.fd), ipv6).map(OrigDst::new)
+        // IPv4 first, without asking the socket its family (a syscall): it answers for IPv4
+        // sockets and for IPv4 clients of a dual-stack `[::]` one, whose conntrack entries
+        // are IPv4. Only an IPv6 client, which has no IPv4 entry, costs the second call.
+        let fd = sys::fd_ref(&conn.fd);
+        match sys::original_dst(fd, false) {
+            Ok(a) => Ok(OrigDst::new(a)),
+            Err(v4) => sys::original_dst(fd, true)
+                .map(OrigDst::new)
+                // An IPv4 socket cannot answer for IPv6 at all: its IPv4 error is the one.
+                .map_err(|v6| {
+                    if v6.raw_os_error() == Some(libc::ENOENT) {
+                        v6
+                    } else {
+                        v4
+                    }
+                }),
+        }
     }
 }
 

@@ -12,7 +12,6 @@ use monoio::net::TcpStream;
 use ringmesh_core::config::LiveConfig;
 use ringmesh_core::metrics::{CopyKind, Direction, HandshakeResult, Outcome, Security, Side};
 use ringmesh_core::{ClientAddr, OrigDst, SpiffeId};
-use socket2::SockRef;
 
 use crate::connect::{self, ConnectError};
 use crate::copy;
@@ -104,9 +103,7 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
 /// The accepted socket: non-blocking for our own syscalls. TCP_NODELAY and the keepalive
 /// options come with it from the listener.
 pub(crate) fn prepare(down: &TcpStream) -> Result<(), Stop> {
-    SockRef::from(&fd_ref(down))
-        .set_nonblocking(true)
-        .map_err(|e| Stop::io(Side::Internal, e))
+    crate::sys::set_nonblocking_accepted(fd_ref(down)).map_err(|e| Stop::io(Side::Internal, e))
 }
 
 /// Recovers the original destination, and refuses one that is the proxy itself.
@@ -115,15 +112,8 @@ pub(crate) fn original_dst(
     w: &Workload,
     down: &TcpStream,
 ) -> Result<OrigDst, Stop> {
-    let local = down.local_addr().map_err(|e| Stop::io(Side::Internal, e))?;
-    let client = down
-        .peer_addr()
-        .map(ClientAddr::new)
-        .map_err(|e| Stop::io(Side::Downstream, e))?;
     let info = ConnInfo {
         fd: down.as_raw_fd(),
-        local,
-        client,
     };
     let dst = ctx.orig_dst.original_dst(&info).map_err(|e| {
         Stop::new(

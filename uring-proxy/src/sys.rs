@@ -66,6 +66,35 @@ pub fn original_dst(fd: FdRef<'_>, ipv6: bool) -> io::Result<SocketAddr> {
     })
 }
 
+/// Makes a just-accepted socket non-blocking with one `fcntl(F_SETFL)`, not the usual read
+/// then write: accept leaves no other status flag set (no O_APPEND, O_ASYNC, O_DIRECT or
+/// O_NOATIME on a socket), so there is nothing to keep.
+pub fn set_nonblocking_accepted(fd: FdRef<'_>) -> io::Result<()> {
+    nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+        .map(drop)
+        .map_err(io)
+}
+
+/// A socket's local address (`getsockname`).
+pub fn local_addr(fd: FdRef<'_>) -> io::Result<SocketAddr> {
+    SockRef::from(&fd).local_addr()?.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "local address is not an IP address",
+        )
+    })
+}
+
+/// A socket's peer address (`getpeername`).
+pub fn peer_addr(fd: FdRef<'_>) -> io::Result<SocketAddr> {
+    SockRef::from(&fd).peer_addr()?.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "peer address is not an IP address",
+        )
+    })
+}
+
 /// A pipe pair for splicing, both ends non-blocking.
 #[derive(Debug)]
 pub struct Pipe {

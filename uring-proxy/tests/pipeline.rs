@@ -272,7 +272,9 @@ fn idle_timeout_closes_only_idle(driver: DriverChoice) {
 
 fn redirect_loop_refused(driver: DriverChoice) {
     // No NAT happened: the original destination is the proxy's own listener.
-    let p = start(driver, config(""), |c: &ConnInfo| Ok(OrigDst::new(c.local)));
+    let p = start(driver, config(""), |c: &ConnInfo| {
+        c.local().map(OrigDst::new)
+    });
     let mut c = connect(p.outbound_addr());
     let _ = c.write_all(b"x");
     let _ = read_end(&mut c);
