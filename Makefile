@@ -24,6 +24,7 @@ test: lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	./packaging/test.sh
+	./perf/syscalls.sh --check
 	$(MAKE) fuzz-smoke
 
 # A short run of every fuzz target (nightly, cargo-fuzz); new finds go to a scratch corpus,

@@ -28,6 +28,7 @@ packages=(
   containernetworking-plugins # podman's CNI bridge for the pods' network
   debootstrap  # the throwaway Debian root the .deb is installed into (packaging/deb/test.sh)
   dpkg-dev     # dpkg-deb and dpkg-shlibdeps for the .deb
+  strace       # syscalls per proxied request (perf/syscalls.sh --check, the regression guard)
 )
 missing=()
 for p in "${packages[@]}"; do
