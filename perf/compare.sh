@@ -8,10 +8,23 @@
 #   ROUNDS=1 DURATION=2s perf/compare.sh  # a quick look
 #
 # Knobs (environment): ROUNDS DURATION WARMUP CONNS RATE IDLE_CONNS (0: skip) WORKERS
-# LOAD_CPUS PROXY_CPUS SCENARIOS (the loopback ones; empty for none) MESH (1: also the
-# two-pod path) OUT (raw results) REPORT PLOT (where the report and plot go) BASELINE (a
-# directory with an earlier build's uring-proxy: it runs beside the others as uring-prev,
-# with the default config, to show what a change cost).
+# LOAD_CPUS PROXY_CPUS SCENARIOS (the loopback ones; empty for none) FAIR_SCENARIOS (the fair
+# layout's; empty for none) FAIR_WORKERS (default: every CPU) MESH (1: also the two-pod path)
+# OUT (raw results) REPORT PLOT (where the report and plot go) BASELINE (a directory with an
+# earlier build's uring-proxy: it runs beside the others as uring-prev, with the default
+# config, to show what a change cost).
+#
+# Two layouts, interleaved in every round:
+#   loopback-*  the contender alone on PROXY_CPUS with WORKERS workers, the generator and
+#               backends on LOAD_CPUS; nginx and haproxy dialled directly, uring-proxy through
+#               NAT (its real path). Flattering to a proxy: it has a core to itself.
+#   fair-*      every contender with FAIR_WORKERS workers on all the CPUs, the generator and
+#               backends pinned to LOAD_CPUS (so they share a core with a proxy worker), and
+#               every contender reached the same way: the client dials an address that an
+#               iptables NAT REDIRECT sends to the contender's port (nginx and haproxy to
+#               their listeners, uring-proxy to its outbound listener, which reads
+#               SO_ORIGINAL_DST). uring-proxy twice: its default (workers pinned) and
+#               --no-pin.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -25,6 +38,9 @@ WORKERS=${WORKERS:-1}
 LOAD_CPUS=${LOAD_CPUS:-0}
 PROXY_CPUS=${PROXY_CPUS:-1}
 SCENARIOS=${SCENARIOS:-"http-keepalive http-rate tcp-conn stream-1 tcp-rr-16k"}
+FAIR_SCENARIOS=${FAIR_SCENARIOS:-"fair-http-keepalive fair-http-rate fair-tcp-conn fair-stream-1"}
+FAIR_WORKERS=${FAIR_WORKERS:-$(nproc)}
+ALL_CPUS=0-$(($(nproc) - 1))
 MESH=${MESH:-1}
 OUT=${OUT:-$here/out}
 # Where the report goes (a quick look can write elsewhere and leave the recorded run alone).
@@ -148,6 +164,22 @@ uring_conf 127.0.2.5 15040 auto >"$OUT/uring-prev.yaml"
 for i in 1 2 3 4 5; do
   in_ns iptables -t nat -A OUTPUT -p tcp -d "127.0.2.$i" -j REDIRECT --to-ports "150$((i - 1))1"
 done
+# The fair layout's contenders: FAIR_WORKERS workers each, all CPUs, all behind the same NAT.
+sed -e "s/^worker_processes .*/worker_processes $FAIR_WORKERS;/" -e "s/:1100\([0-9]\) /:1300\1 /" \
+  -e "s|pid .*|pid $OUT/nginx-fair.pid;|" -e "s|nginx-error.log|nginx-fair-error.log|" \
+  "$OUT/nginx.conf" >"$OUT/nginx-fair.conf"
+sed -e "s/^    nbthread .*/    nbthread $FAIR_WORKERS/" -e "s/:1200\([0-9]\)$/:1400\1/" \
+  "$OUT/haproxy.cfg" >"$OUT/haproxy-fair.cfg"
+uring_conf 127.0.3.3 15050 auto >"$OUT/uring-fair.yaml"
+uring_conf 127.0.3.4 15060 auto >"$OUT/uring-fair-unpinned.yaml"
+for port in 9000 9001 9002; do
+  in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.1 --dport "$port" -j REDIRECT --to-ports "$((port + 4000))"
+  in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.2 --dport "$port" -j REDIRECT --to-ports "$((port + 5000))"
+done
+in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.3 -j REDIRECT --to-ports 15051
+in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.4 -j REDIRECT --to-ports 15061
+grep -q ':1300[0-2] ' "$OUT/nginx-fair.conf" && grep -q ':1400[0-2]$' "$OUT/haproxy-fair.cfg" ||
+  { echo "the fair nginx/haproxy configs were not rewritten" >&2; exit 1; }
 echo "--- nginx.conf"; cat "$OUT/nginx.conf"
 echo "--- haproxy.cfg"; cat "$OUT/haproxy.cfg"
 echo "--- uring.yaml"; cat "$OUT/uring.yaml"
@@ -165,6 +197,18 @@ spawn "$OUT/uring-buffered.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/
 CPIDS[uring-buffered]=$LAST_PID
 spawn "$OUT/uring-epoll.log" "$PROXY_CPUS" "$bin/uring-proxy" --config "$OUT/uring-epoll.yaml" --workers "$WORKERS" --driver epoll --no-pin
 CPIDS[uring-epoll]=$LAST_PID
+spawn "$OUT/nginx-fair.log" "$ALL_CPUS" nginx -c "$OUT/nginx-fair.conf" -p "$OUT"
+CPIDS[fair-nginx]=$LAST_PID
+spawn "$OUT/haproxy-fair.log" "$ALL_CPUS" haproxy -db -f "$OUT/haproxy-fair.cfg"
+CPIDS[fair-haproxy]=$LAST_PID
+# The default: one worker per CPU, each pinned to its own.
+spawn "$OUT/uring-fair.log" "$ALL_CPUS" "$bin/uring-proxy" --config "$OUT/uring-fair.yaml" --workers "$FAIR_WORKERS"
+CPIDS[fair-uring]=$LAST_PID
+spawn "$OUT/uring-fair-unpinned.log" "$ALL_CPUS" "$bin/uring-proxy" --config "$OUT/uring-fair-unpinned.yaml" --workers "$FAIR_WORKERS" --no-pin
+CPIDS[fair-uring-unpinned]=$LAST_PID
+# In the fair scenarios, every contender but direct is dialled at its NAT address.
+FAIR_CONTENDERS=(direct uring uring-unpinned nginx haproxy)
+declare -A FAIR_HOST=([direct]=127.0.0.1 [nginx]=127.0.3.1 [haproxy]=127.0.3.2 [uring]=127.0.3.3 [uring-unpinned]=127.0.3.4)
 TARGET_HOST=([direct]=127.0.0.1 [nginx]=127.0.0.1 [haproxy]=127.0.0.1 [uring]=127.0.2.1 [uring-splice]=127.0.2.2 [uring-buffered]=127.0.2.3 [uring-epoll]=127.0.2.4 [uring-prev]=127.0.2.5)
 PORT_BASE=([direct]=9000 [nginx]=11000 [haproxy]=12000 [uring]=9000 [uring-splice]=9000 [uring-buffered]=9000 [uring-epoll]=9000 [uring-prev]=9000)
 CONTENDERS=(direct uring uring-splice uring-buffered uring-epoll nginx haproxy)
@@ -233,6 +277,15 @@ for round in $(seq 1 "$ROUNDS"); do
     for c in "${CONTENDERS[@]}"; do
       # shellcheck disable=SC2046
       run_one "$scenario" "$round" "$c" "${TARGET_HOST[$c]}" "${PORT_BASE[$c]}" $(pids_of "$c")
+    done
+  done
+  [[ -n $FAIR_SCENARIOS ]] && echo "== round $round of $ROUNDS (fair layout)"
+  for scenario in $FAIR_SCENARIOS; do
+    for c in "${FAIR_CONTENDERS[@]}"; do
+      pc=fair-$c
+      [[ $c == direct ]] && pc=direct
+      # shellcheck disable=SC2046
+      run_one "$scenario" "$round" "$c" "${FAIR_HOST[$c]}" 9000 $(pids_of "$pc")
     done
   done
 done
@@ -334,7 +387,7 @@ CONF
 fi
 
 {
-  echo "Produced by \`perf/compare.sh\` (ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS RATE=$RATE IDLE_CONNS=$IDLE_CONNS WORKERS=$WORKERS LOAD_CPUS=$LOAD_CPUS PROXY_CPUS=$PROXY_CPUS MESH=$MESH) on $(date -u +%Y-%m-%d)."
+  echo "Produced by \`perf/compare.sh\` (ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS RATE=$RATE IDLE_CONNS=$IDLE_CONNS WORKERS=$WORKERS FAIR_WORKERS=$FAIR_WORKERS LOAD_CPUS=$LOAD_CPUS PROXY_CPUS=$PROXY_CPUS MESH=$MESH) on $(date -u +%Y-%m-%d)."
   echo
   echo "What these numbers mean, the profiles behind them and what changed because of them: [ANALYSIS.md](ANALYSIS.md)."
   echo
@@ -347,6 +400,8 @@ fi
   echo "## How the cores are shared"
   echo
   echo "Everything runs on loopback in one network namespace. The load generator (\`mesh-bench\`, $load_threads thread(s)) and the backends share CPU(s) $LOAD_CPUS; the contender under test runs on CPU(s) $PROXY_CPUS with $WORKERS worker(s) (nginx: worker_processes, haproxy: nbthread, uring-proxy: --workers). All contenders are running all the time but only the one under test has traffic. With one core for the generator and backend, **direct** is bounded by that core, while a proxy adds a second core of its own: a ratio to direct above 1 is possible and says the generator core, not the proxy, is the limit. Compare proxies with each other first."
+  echo
+  echo "**The fair layout** (the **fair-*** scenarios, interleaved with the others in every round): every contender runs $FAIR_WORKERS worker(s) on all $(nproc) CPUs (nginx: worker_processes, haproxy: nbthread), the generator and the backends stay pinned to CPU(s) $LOAD_CPUS and so share a core with one proxy worker, and every contender is reached the same way: the client dials an address that an iptables NAT REDIRECT sends to the contender's port (127.0.3.1 to nginx, 127.0.3.2 to haproxy, 127.0.3.3 and 127.0.3.4 to uring-proxy's outbound listener). **uring** is uring-proxy's default (one worker per CPU, each pinned), **uring-unpinned** the same with --no-pin. This is the layout a sidecar meets; the loopback one gives the proxy a core of its own."
   echo
   echo "uring-proxy runs on its real path: the client dials a service address (127.0.2.x), NAT REDIRECT sends it to the outbound listener, the proxy reads SO_ORIGINAL_DST, looks the service up and dials its endpoint. nginx and haproxy are plain TCP reverse proxies (no NAT). **uring** is the default (io_uring, \`copy: auto\`: buffered, switching a direction to splice once it moves bulk), **uring-splice** always splices, **uring-buffered** always copies through a 64 KiB buffer, **uring-epoll** is the epoll driver with the default copy."
   echo

@@ -165,8 +165,17 @@ fn main() -> anyhow::Result<()> {
                 md.push_str(&std::fs::read_to_string(m)?);
                 md.push('\n');
             }
-            md.push_str(&format!("## Goals ({ours})\n\n"));
-            md.push_str(&report::goals_table(&report::goals(&records, &ours)));
+            md.push_str(&format!("## Goals ({ours}, loopback layout)\n\n"));
+            md.push_str(&report::goals_table(&report::goals(&records, &ours, "")));
+            if report::scenarios(&records)
+                .iter()
+                .any(|s| s.starts_with("fair-"))
+            {
+                md.push_str(&format!("\n## Goals ({ours}, fair layout)\n\n"));
+                md.push_str(&report::goals_table(&report::goals(
+                    &records, &ours, "fair-",
+                )));
+            }
             md.push_str("\n## Results (median [min–max] over the rounds)\n\n");
             md.push_str(&report::markdown_tables(&records));
             md.push_str("## Memory\n\n");

@@ -133,7 +133,7 @@ fn markdown_has_ratios_and_added_latency() {
 
 #[test]
 fn goals_are_checked() {
-    let g = goals(&sample(), "uring-proxy");
+    let g = goals(&sample(), "uring-proxy", "");
     let by = |name: &str| g.iter().find(|c| c.goal.starts_with(name)).unwrap().clone();
     let ka = by("keep-alive");
     assert!((ka.value.unwrap() - 70_002.0 / 52_002.0).abs() < 1e-9);
@@ -181,4 +181,38 @@ fn results_file_round_trips() {
     let back = parse(&text).unwrap();
     assert_eq!(back.len(), recs.len());
     assert!(parse("{\"kind\":\"nope\"}").is_err());
+}
+
+#[test]
+fn goals_are_checked_per_layout() {
+    // The same runs under the fair layout's scenario names: the same verdicts there, and
+    // nothing known for the loopback layout.
+    let fair: Vec<Record> = sample()
+        .into_iter()
+        .map(|r| match r {
+            Record::Run {
+                scenario,
+                round,
+                contender,
+                result,
+            } => Record::Run {
+                scenario: format!("fair-{scenario}"),
+                round,
+                contender,
+                result,
+            },
+            other => other,
+        })
+        .collect();
+    let loopback = goals(&sample(), "uring-proxy", "");
+    let in_fair = goals(&fair, "uring-proxy", "fair-");
+    let rate = |g: &[GoalCheck]| {
+        g.iter()
+            .find(|c| c.goal.starts_with("keep-alive"))
+            .unwrap()
+            .value
+    };
+    assert_eq!(rate(&loopback), rate(&in_fair));
+    assert!(rate(&loopback).is_some());
+    assert_eq!(rate(&goals(&fair, "uring-proxy", "")), None);
 }
