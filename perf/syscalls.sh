@@ -55,6 +55,8 @@ work=$(mktemp -d /tmp/ringmesh-syscalls.XXXXXX)
 pids=()
 cleanup() {
   local rc=$? p
+  # errexit would end the trap at the first wait on a killed process (status 143).
+  set +e
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
   ip netns del "$ns" 2>/dev/null
   [[ -n ${KEEP:-} ]] || rm -rf "$work"

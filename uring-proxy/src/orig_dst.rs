@@ -42,7 +42,9 @@ impl OrigDstSource for SoOriginalDst {
     fn original_dst(&self, conn: &ConnInfo) -> io::Result<OrigDst> {
         // IPv4 first, without asking the socket its family (a syscall): it answers for IPv4
         // sockets and for IPv4 clients of a dual-stack `[::]` one, whose conntrack entries
-        // are IPv4. Only an IPv6 client, which has no IPv4 entry, costs the second call.
+        // are IPv4. Only an IPv6 client, which has no IPv4 entry, costs the second call (the
+        // kernel looks its IPv4 tuple up as 127.0.0.6 on the listener's port, which no IPv4
+        // connection can hold while the listener has that port).
         let fd = sys::fd_ref(&conn.fd);
         match sys::original_dst(fd, false) {
             Ok(a) => Ok(OrigDst::new(a)),
