@@ -26,10 +26,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ringmesh-bin-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> support::ScratchDir {
+    support::ScratchDir::new(&format!("ringmesh-bin-{}-{name}", std::process::id()))
 }
 
 fn stderr(o: &Output) -> String {

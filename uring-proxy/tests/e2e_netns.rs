@@ -450,8 +450,8 @@ mod fd_limit {
 /// veth between the pods that must show TLS records and never the client's plaintext.
 fn mtls_between_pods(driver: &str) {
     let bed = Testbed::new();
-    let dir = std::env::temp_dir().join(format!("ringmesh-e2e-mtls-{}", bed.server.ns));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Declared before the processes that use it, so that it is removed after they stop.
+    let dir = support::ScratchDir::new(&format!("ringmesh-e2e-mtls-{}", bed.server.ns));
     let socket = dir.join("workload.sock");
     let client_id = "spiffe://example.org/ns/a/sa/client";
     let server_id = "spiffe://example.org/ns/b/sa/server";

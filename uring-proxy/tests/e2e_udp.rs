@@ -108,8 +108,9 @@ impl Drop for Interception {
     }
 }
 
-/// A process in a pod, killed on drop.
-struct Proc(Child);
+/// A process in a pod, killed on drop, and the directory of its files (removed after it,
+/// unless the test failed).
+struct Proc(Child, #[allow(dead_code)] support::ScratchDir);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -121,7 +122,8 @@ impl Drop for Proc {
 /// Debian's dnsmasq on the pod's address, answering every name under svc.test with
 /// 10.1.2.3; returns once it has said it started.
 fn dnsmasq(pod: &Pod) -> Proc {
-    let log = std::env::temp_dir().join(format!("ringmesh-dnsmasq-{}.log", pod.ns));
+    let dir = support::ScratchDir::new(&format!("ringmesh-dnsmasq-{}", pod.ns));
+    let log = dir.join("dnsmasq.log");
     let child = nsenter(pod, "dnsmasq")
         .args([
             "--no-daemon",
@@ -140,7 +142,7 @@ fn dnsmasq(pod: &Pod) -> Proc {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("dnsmasq (Debian's dnsmasq-base; .ci/deps.sh installs it)");
-    let proc = Proc(child);
+    let proc = Proc(child, dir);
     support::wait_until("dnsmasq to start", Duration::from_secs(10), || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -236,10 +238,10 @@ fn udp_mesh(driver: &str, client_extra: &str) -> UdpMesh {
 }
 
 /// `dig` in the client pod: one batch of `names` against `server`; the answer lines.
-fn dig_batch(client: &Pod, server: &str, names: &[String]) -> Child {
-    let file = std::env::temp_dir().join(format!(
-        "ringmesh-dig-{}-{server}-{}.txt",
-        client.ns,
+/// The names go in a file in `dir`, which must outlive the child.
+fn dig_batch(client: &Pod, dir: &std::path::Path, server: &str, names: &[String]) -> Child {
+    let file = dir.join(format!(
+        "{server}-{}.txt",
         names.first().map_or("", String::as_str)
     ));
     std::fs::write(&file, names.join("\n") + "\n").unwrap();
@@ -275,11 +277,14 @@ fn udp_through_both_sidecars(driver: &str) {
     let mut m = udp_mesh(driver, "");
     let (c, s) = (m.bed.client.clone(), m.bed.server.clone());
     let server_ip = s.ip4.to_string();
+    let dig_dir = support::ScratchDir::new(&format!("ringmesh-dig-{}", c.ns));
 
     // dig by the server's address and by the service's virtual address.
     for server in [server_ip.as_str(), DNS_VIP] {
         let names = vec![format!("one.{}.svc.test", server.replace('.', "-"))];
-        let out = dig_batch(&c, server, &names).wait_with_output().unwrap();
+        let out = dig_batch(&c, &dig_dir, server, &names)
+            .wait_with_output()
+            .unwrap();
         check_answers(&out, &names);
     }
 
@@ -299,7 +304,7 @@ fn udp_through_both_sidecars(driver: &str) {
         .collect();
     let running: Vec<Child> = batches
         .iter()
-        .map(|(server, names)| dig_batch(&c, server, names))
+        .map(|(server, names)| dig_batch(&c, &dig_dir, server, names))
         .collect();
     for (child, (_, names)) in running.into_iter().zip(&batches) {
         check_answers(&child.wait_with_output().unwrap(), names);

@@ -20,6 +20,34 @@ pub mod mesh;
 pub mod natsbed;
 pub mod netns;
 
+/// A test's own directory under the temp dir, removed when it goes out of scope, unless the
+/// thread is panicking: a failed test leaves its files (configs, logs) to be read.
+pub struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    pub fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// Runs a test function once per driver, as two tests: `name::io_uring` and `name::epoll`.
 #[macro_export]
 macro_rules! both_drivers {

@@ -171,14 +171,17 @@ pub struct ProxyProc {
     pub child: Option<Child>,
     pub log: PathBuf,
     pub pod: Pod,
+    /// Its config and log; kept when the test fails.
+    _dir: super::ScratchDir,
 }
 
 impl ProxyProc {
     /// Starts `uring-proxy --config CONFIG ARGS` in the pod, behind `wrapper` (a command that
     /// execs the rest, e.g. `setpriv --reuid=1337 ...` or `prlimit --nofile=64 --`).
     pub fn start(pod: &Pod, config: &str, wrapper: &[&str], args: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("ringmesh-e2e-{}", pod.ns));
-        std::fs::create_dir_all(&dir).unwrap();
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let dir = super::ScratchDir::new(&format!("ringmesh-e2e-{}-{n}", pod.ns));
         let cfg = dir.join("proxy.yaml");
         std::fs::write(&cfg, config).unwrap();
         let log = dir.join("proxy.log");
@@ -206,6 +209,7 @@ impl ProxyProc {
             child: Some(child),
             log,
             pod: pod.clone(),
+            _dir: dir,
         };
         p.wait_ready();
         p
