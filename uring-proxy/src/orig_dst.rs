@@ -5,12 +5,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
-use ringmesh_core::{ClientAddr, OrigDst};
+use ringmesh_core::OrigDst;
 
 use crate::sys;
 
-/// What a source may look at to find a connection's original destination. Addresses are
-/// read from the socket on demand: `SO_ORIGINAL_DST` needs neither, and each is a syscall.
+/// What a source may look at to find a connection's original destination. The local address
+/// is read from the socket on demand: `SO_ORIGINAL_DST` does not need it, and it is a syscall.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     /// The accepted socket.
@@ -21,11 +21,6 @@ impl ConnInfo {
     /// The accepted socket's local address (the listener's port): `getsockname`.
     pub fn local(&self) -> io::Result<SocketAddr> {
         sys::local_addr(sys::fd_ref(&self.fd))
-    }
-
-    /// The client's address: `getpeername`.
-    pub fn client(&self) -> io::Result<ClientAddr> {
-        sys::peer_addr(sys::fd_ref(&self.fd)).map(ClientAddr::new)
     }
 }
 

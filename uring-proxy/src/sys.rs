@@ -85,16 +85,6 @@ pub fn local_addr(fd: FdRef<'_>) -> io::Result<SocketAddr> {
     })
 }
 
-/// A socket's peer address (`getpeername`).
-pub fn peer_addr(fd: FdRef<'_>) -> io::Result<SocketAddr> {
-    SockRef::from(&fd).peer_addr()?.as_socket().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "peer address is not an IP address",
-        )
-    })
-}
-
 /// A pipe pair for splicing, both ends non-blocking.
 #[derive(Debug)]
 pub struct Pipe {
