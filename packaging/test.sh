@@ -13,7 +13,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/target-dir.sh"
 export BIN=${BIN:-$target_dir/debug}
 out=$target_dir/packaging/$(basename "$BIN")
-version=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["workspace"]["package"]["version"])' "$root/Cargo.toml")
+# shellcheck source=workspace.sh
+source "$root/packaging/workspace.sh"
+version=$(workspace_field version)
 run() {
   local t=$EPOCHREALTIME
   echo "== $*"

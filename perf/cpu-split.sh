@@ -88,10 +88,15 @@ spawn "$OUT/uring.log" "$all" "$bin/uring-proxy" --config "$OUT/uring.yaml" --wo
 PID[uring]=$LAST
 sleep 1
 
-# ticks PID: user and system clock ticks of the process and its children (nginx's workers).
+# family PID: the process and its children (nginx's workers), one PID per line.
+family() {
+  echo "$1"
+  ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' '
+}
+# ticks PID: user and system clock ticks of the process and its children.
 ticks() {
   local p u=0 s=0 a b
-  for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
+  for p in $(family "$1"); do
     read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
     u=$((u + a)) s=$((s + b))
   done
@@ -104,8 +109,7 @@ for round in $(seq "$ROUNDS"); do
     read -r u0 s0 < <(ticks "${PID[$c]}")
     rec=()
     if [[ $PROFILE == 1 ]]; then
-      perf record -q -g -o "$OUT/$c-$round.data" -p "$(ps -o pid= --ppid "${PID[$c]}" | tr -d ' ' | paste -sd, | sed "s/^/${PID[$c]},/; s/,$//")" \
-        >/dev/null 2>&1 &
+      perf record -q -g -o "$OUT/$c-$round.data" -p "$(family "${PID[$c]}" | paste -sd,)" >/dev/null 2>&1 &
       rec=($!)
     fi
     json=$(nsx taskset -c 0 "$bin/mesh-bench" run --workload http --connections "$CONNS" \

@@ -27,12 +27,11 @@ for b in "${binaries[@]}"; do
 done
 
 # Version, licence and homepage come from the workspace manifest, the one place they are kept.
-read -r version license homepage < <(python3 - "$root/Cargo.toml" <<'EOF'
-import sys, tomllib
-p = tomllib.load(open(sys.argv[1], "rb"))["workspace"]["package"]
-print(p["version"], p["license"], p["repository"])
-EOF
-)
+# shellcheck source=../workspace.sh
+source "$root/packaging/workspace.sh"
+version=$(workspace_field version)
+license=$(workspace_field license)
+homepage=$(workspace_field repository)
 [[ $version =~ ^[0-9][A-Za-z0-9.+~]*$ ]] || die "workspace version '$version' is not a Debian upstream version"
 # No Debian revision: upstream builds this package itself, so it is a native package (and its
 # changelog is changelog.gz, not changelog.Debian.gz, as lintian wants for native packages).

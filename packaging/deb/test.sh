@@ -36,7 +36,9 @@ fi
 source "$root/bench/target-dir.sh"
 # shellcheck source=rootfs.sh
 source "$here/rootfs.sh"
-version=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["workspace"]["package"]["version"])' "$root/Cargo.toml")
+# shellcheck source=../workspace.sh
+source "$root/packaging/workspace.sh"
+version=$(workspace_field version)
 arch=$(dpkg --print-architecture)
 deb=${DEB:-${OUT:-$target_dir/deb}/ringmesh_${version}_${arch}.deb}
 [[ -f $deb ]] || die "$deb is missing: run packaging/deb/build.sh first"

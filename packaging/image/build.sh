@@ -63,7 +63,7 @@ revision=$(git -C "$img_root" rev-parse HEAD 2>/dev/null) || die "cannot read th
 # binaries may have been built from it.
 [[ -z $(git -C "$img_root" status --porcelain 2>/dev/null) ]] || revision+=-dirty
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-source_url=$(ringmesh_repository)
+source_url=$(workspace_field repository)
 
 # new_rootfs NAME: an empty root with Debian's merged-/usr layout, so that library paths
 # as ldd prints them (/lib/x86_64-linux-gnu/..., /lib64/ld-linux-x86-64.so.2) resolve.

@@ -8,19 +8,10 @@ img_root=$(cd "$img_here/../.." && pwd)
 
 die() { echo "error: $*" >&2; exit 1; }
 
-# The workspace version ([workspace.package] version in Cargo.toml): the image tag.
-ringmesh_version() {
-  awk '/^\[/{s=($0=="[workspace.package]")} s&&/^version *=/{gsub(/.*= *"|".*/,""); print; exit}' \
-    "$img_root/Cargo.toml"
-}
-# The workspace's repository URL, for org.opencontainers.image.source.
-ringmesh_repository() {
-  awk '/^\[/{s=($0=="[workspace.package]")} s&&/^repository *=/{gsub(/.*= *"|".*/,""); print; exit}' \
-    "$img_root/Cargo.toml"
-}
-
-RINGMESH_VERSION=$(ringmesh_version)
-[[ -n $RINGMESH_VERSION ]] || die "no [workspace.package] version in $img_root/Cargo.toml"
+# shellcheck source=../workspace.sh
+source "$img_root/packaging/workspace.sh"
+# The workspace version: the image tag.
+RINGMESH_VERSION=$(workspace_field version) || die "no [workspace.package] version in $img_root/Cargo.toml"
 PROXY_IMAGE=localhost/ringmesh/proxy:$RINGMESH_VERSION
 INIT_IMAGE=localhost/ringmesh/init:$RINGMESH_VERSION
 # Test-only images: an app (python3 http.server and curl) and the pods' infra ("pause")
