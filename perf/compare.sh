@@ -23,8 +23,9 @@
 #               every contender reached the same way: the client dials an address that an
 #               iptables NAT REDIRECT sends to the contender's port (nginx and haproxy to
 #               their listeners, uring-proxy to its outbound listener, which reads
-#               SO_ORIGINAL_DST). uring-proxy twice: its default (workers pinned) and
-#               --no-pin.
+#               SO_ORIGINAL_DST). uring-proxy three times: its default (workers pinned),
+#               --no-pin, and --steer-by-cpu (pinned, each connection to the worker on the
+#               CPU that received it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -172,12 +173,14 @@ sed -e "s/^    nbthread .*/    nbthread $FAIR_WORKERS/" -e "s/:1200\([0-9]\)$/:1
   "$OUT/haproxy.cfg" >"$OUT/haproxy-fair.cfg"
 uring_conf 127.0.3.3 15050 auto >"$OUT/uring-fair.yaml"
 uring_conf 127.0.3.4 15060 auto >"$OUT/uring-fair-unpinned.yaml"
+uring_conf 127.0.3.5 15070 auto >"$OUT/uring-fair-steered.yaml"
 for port in 9000 9001 9002; do
   in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.1 --dport "$port" -j REDIRECT --to-ports "$((port + 4000))"
   in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.2 --dport "$port" -j REDIRECT --to-ports "$((port + 5000))"
 done
 in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.3 -j REDIRECT --to-ports 15051
 in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.4 -j REDIRECT --to-ports 15061
+in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.5 -j REDIRECT --to-ports 15071
 grep -q ':1300[0-2] ' "$OUT/nginx-fair.conf" && grep -q ':1400[0-2]$' "$OUT/haproxy-fair.cfg" ||
   { echo "the fair nginx/haproxy configs were not rewritten" >&2; exit 1; }
 echo "--- nginx.conf"; cat "$OUT/nginx.conf"
@@ -206,9 +209,11 @@ spawn "$OUT/uring-fair.log" "$ALL_CPUS" "$bin/uring-proxy" --config "$OUT/uring-
 CPIDS[fair-uring]=$LAST_PID
 spawn "$OUT/uring-fair-unpinned.log" "$ALL_CPUS" "$bin/uring-proxy" --config "$OUT/uring-fair-unpinned.yaml" --workers "$FAIR_WORKERS" --no-pin
 CPIDS[fair-uring-unpinned]=$LAST_PID
+spawn "$OUT/uring-fair-steered.log" "$ALL_CPUS" "$bin/uring-proxy" --config "$OUT/uring-fair-steered.yaml" --workers "$FAIR_WORKERS" --steer-by-cpu
+CPIDS[fair-uring-steered]=$LAST_PID
 # In the fair scenarios, every contender but direct is dialled at its NAT address.
-FAIR_CONTENDERS=(direct uring uring-unpinned nginx haproxy)
-declare -A FAIR_HOST=([direct]=127.0.0.1 [nginx]=127.0.3.1 [haproxy]=127.0.3.2 [uring]=127.0.3.3 [uring-unpinned]=127.0.3.4)
+FAIR_CONTENDERS=(direct uring uring-unpinned uring-steered nginx haproxy)
+declare -A FAIR_HOST=([direct]=127.0.0.1 [nginx]=127.0.3.1 [haproxy]=127.0.3.2 [uring]=127.0.3.3 [uring-unpinned]=127.0.3.4 [uring-steered]=127.0.3.5)
 TARGET_HOST=([direct]=127.0.0.1 [nginx]=127.0.0.1 [haproxy]=127.0.0.1 [uring]=127.0.2.1 [uring-splice]=127.0.2.2 [uring-buffered]=127.0.2.3 [uring-epoll]=127.0.2.4 [uring-prev]=127.0.2.5)
 PORT_BASE=([direct]=9000 [nginx]=11000 [haproxy]=12000 [uring]=9000 [uring-splice]=9000 [uring-buffered]=9000 [uring-epoll]=9000 [uring-prev]=9000)
 CONTENDERS=(direct uring uring-splice uring-buffered uring-epoll nginx haproxy)
@@ -401,7 +406,7 @@ fi
   echo
   echo "Everything runs on loopback in one network namespace. The load generator (\`mesh-bench\`, $load_threads thread(s)) and the backends share CPU(s) $LOAD_CPUS; the contender under test runs on CPU(s) $PROXY_CPUS with $WORKERS worker(s) (nginx: worker_processes, haproxy: nbthread, uring-proxy: --workers). All contenders are running all the time but only the one under test has traffic. With one core for the generator and backend, **direct** is bounded by that core, while a proxy adds a second core of its own: a ratio to direct above 1 is possible and says the generator core, not the proxy, is the limit. Compare proxies with each other first."
   echo
-  echo "**The fair layout** (the **fair-*** scenarios, interleaved with the others in every round): every contender runs $FAIR_WORKERS worker(s) on all $(nproc) CPUs (nginx: worker_processes, haproxy: nbthread), the generator and the backends stay pinned to CPU(s) $LOAD_CPUS and so share a core with one proxy worker, and every contender is reached the same way: the client dials an address that an iptables NAT REDIRECT sends to the contender's port (127.0.3.1 to nginx, 127.0.3.2 to haproxy, 127.0.3.3 and 127.0.3.4 to uring-proxy's outbound listener). **uring** is uring-proxy's default (one worker per CPU, each pinned), **uring-unpinned** the same with --no-pin. This is the layout a sidecar meets; the loopback one gives the proxy a core of its own."
+  echo "**The fair layout** (the **fair-*** scenarios, interleaved with the others in every round): every contender runs $FAIR_WORKERS worker(s) on all $(nproc) CPUs (nginx: worker_processes, haproxy: nbthread), the generator and the backends stay pinned to CPU(s) $LOAD_CPUS and so share a core with one proxy worker, and every contender is reached the same way: the client dials an address that an iptables NAT REDIRECT sends to the contender's port (127.0.3.1 to nginx, 127.0.3.2 to haproxy, 127.0.3.3 to 127.0.3.5 to uring-proxy's outbound listeners). **uring** is uring-proxy's default (one worker per CPU, each pinned), **uring-unpinned** the same with --no-pin, **uring-steered** the default with --steer-by-cpu (each connection to the worker on the CPU its SYN arrived on). This is the layout a sidecar meets; the loopback one gives the proxy a core of its own."
   echo
   echo "uring-proxy runs on its real path: the client dials a service address (127.0.2.x), NAT REDIRECT sends it to the outbound listener, the proxy reads SO_ORIGINAL_DST, looks the service up and dials its endpoint. nginx and haproxy are plain TCP reverse proxies (no NAT). **uring** is the default (io_uring, \`copy: auto\`: buffered, switching a direction to splice once it moves bulk), **uring-splice** always splices, **uring-buffered** always copies through a 64 KiB buffer, **uring-epoll** is the epoll driver with the default copy."
   echo

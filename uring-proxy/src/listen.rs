@@ -136,3 +136,21 @@ pub fn bind_udp_group(
     }
     Ok(out)
 }
+
+/// Makes a group from [`bind_group`] hand each connection to the worker on the CPU that
+/// received it (`cpus[i]` is the CPU of the worker holding `group[i]`), so that a client,
+/// its proxy worker and the softirq work of its packets share one core's caches.
+pub fn steer_by_cpu(
+    what: &'static str,
+    group: &[std::net::TcpListener],
+    cpus: &[usize],
+) -> Result<(), BindError> {
+    let Some(first) = group.first() else {
+        return Ok(());
+    };
+    let addr = first
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    crate::sys::steer_reuseport_by_cpu(std::os::fd::AsFd::as_fd(first), cpus)
+        .map_err(|e| classify(what, addr)(e))
+}

@@ -53,6 +53,12 @@ struct Args {
     #[arg(long)]
     no_pin: bool,
 
+    /// Hand each new connection to the worker pinned to the CPU that received it (a classic
+    /// BPF SO_REUSEPORT program), instead of the kernel's hash of the addresses. Only with
+    /// pinned workers.
+    #[arg(long)]
+    steer_by_cpu: bool,
+
     /// The workload this sidecar serves, as metrics and logs name it [default:
     /// POD_NAMESPACE/POD_NAME from the downward API, else "sidecar"].
     #[arg(long, env = "RINGMESH_WORKLOAD")]
@@ -194,6 +200,7 @@ fn main() -> ExitCode {
         signals: true,
         drain_timeout: args.drain_timeout,
         pin: !args.no_pin,
+        steer_by_cpu: args.steer_by_cpu,
         config_path: args.config.clone(),
         config_source: args
             .config

@@ -192,11 +192,16 @@ impl Registry {
             .map_err(|e| format!("network namespace {}: {e}", reg.netns.display()))?;
         let workers = self.shared.workers.len();
         let listeners = self.shared.boot.listeners;
+        let steer = self.shared.steer_cpus.clone();
         let bound = in_netns(&netns, move || -> Result<_, String> {
             let out = listen::bind_group("outbound listener", listeners.outbound, workers)
                 .map_err(|e| e.to_string())?;
             let inb = listen::bind_group("inbound listener", listeners.inbound, workers)
                 .map_err(|e| e.to_string())?;
+            if let Some(cpus) = &steer {
+                listen::steer_by_cpu("outbound listener", &out, cpus).map_err(|e| e.to_string())?;
+                listen::steer_by_cpu("inbound listener", &inb, cpus).map_err(|e| e.to_string())?;
+            }
             let ips = crate::sys::local_ips().map_err(|e| e.to_string())?;
             Ok((out, inb, ips))
         })

@@ -37,6 +37,8 @@ pub struct ProxyOptions {
     pub drain_timeout: Duration,
     /// Pin each worker to a CPU when each can have one of its own.
     pub pin: bool,
+    /// Steer each new connection to the worker on the CPU that received it (pinned only).
+    pub steer_by_cpu: bool,
     /// The file SIGHUP re-reads.
     pub config_path: Option<PathBuf>,
     /// Where the starting config came from.
@@ -63,6 +65,7 @@ impl Default for ProxyOptions {
             signals: false,
             drain_timeout: Duration::from_secs(30),
             pin: true,
+            steer_by_cpu: false,
             config_path: None,
             config_source: ConfigSource::Api,
             workload: WorkloadKey::sidecar(),
@@ -171,6 +174,17 @@ impl Proxy {
             .or(config.boot.workers.map(|n| n.get() as usize));
         let plan = cpus::plan(requested, opts.pin);
         let n = plan.workers;
+        let steer_cpus = match (&plan.pin, opts.steer_by_cpu) {
+            (Some(cpus), true) => Some(cpus.clone()),
+            (None, true) => {
+                tracing::warn!(
+                    "--steer-by-cpu needs pinned workers (one per CPU, no lower quota); \
+                     connections are spread by the kernel's hash"
+                );
+                None
+            }
+            _ => None,
+        };
 
         let listeners = config.boot.listeners;
         // A node proxy listens inside each workload's namespace, once it is registered.
@@ -188,6 +202,10 @@ impl Proxy {
                 .and_then(|l| l.local_addr().ok())
                 .unwrap_or(fallback)
         };
+        if let Some(cpus) = &steer_cpus {
+            listen::steer_by_cpu("outbound listener", &outbound, cpus)?;
+            listen::steer_by_cpu("inbound listener", &inbound, cpus)?;
+        }
         let outbound_addr = addr_of(&outbound, listeners.outbound);
         let inbound_addr = addr_of(&inbound, listeners.inbound);
         let mark = config.boot.bypass_mark.map(|m| m.get());
@@ -268,6 +286,7 @@ impl Proxy {
             workload: opts.workload,
             workers: n,
             workers_pinned: plan.pin.is_some(),
+            steer_cpus,
             driver,
             listeners: own,
             config_path: opts.config_path,

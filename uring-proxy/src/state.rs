@@ -122,6 +122,9 @@ pub struct Shared {
     /// Per worker: heartbeat and log tally.
     pub workers: Box<[WorkerStats]>,
     pub workers_pinned: bool,
+    /// The CPU of each worker when new connections are steered to the worker on the CPU
+    /// that received them (`--steer-by-cpu`).
+    pub steer_cpus: Option<Vec<usize>>,
     pub driver: Resolved,
     /// The proxy's own listener addresses and the namespace's IPs, refreshed by the
     /// control thread: a destination among them is a loop.
@@ -160,6 +163,7 @@ pub struct SharedSetup {
     pub workload: WorkloadKey,
     pub workers: usize,
     pub workers_pinned: bool,
+    pub steer_cpus: Option<Vec<usize>>,
     pub driver: Resolved,
     pub listeners: Vec<std::net::SocketAddr>,
     pub config_path: Option<PathBuf>,
@@ -200,6 +204,7 @@ impl Shared {
             phase: watch::Sender::new(Phase::Running),
             workers: (0..s.workers).map(|_| WorkerStats::default()).collect(),
             workers_pinned: s.workers_pinned,
+            steer_cpus: s.steer_cpus,
             driver: s.driver,
             own: ArcSwap::from_pointee(own),
             listeners: s.listeners,
@@ -330,6 +335,7 @@ impl Shared {
             copy_mode: copy_kind(snap.config.live.copy).as_str(),
             workers: self.workers.len(),
             workers_pinned: self.workers_pinned,
+            workers_steered: self.steer_cpus.is_some(),
             config: ConfigInfo {
                 version: version.to_string(),
                 number: version.number(),

@@ -1,5 +1,5 @@
 //! Every syscall the data plane makes outside the runtime, through socket2 and nix; the only
-//! `unsafe` code in this crate is the fd borrow and the one socket option below that neither
+//! `unsafe` code in this crate is the fd borrow and the socket options below that neither
 //! library offers.
 //!
 //! Readiness comes from the runtime (an io_uring poll or epoll); the bytes then move with
@@ -248,6 +248,58 @@ pub fn in_netns<T>(
         std::process::abort();
     }
     r
+}
+
+/// Steers a SO_REUSEPORT group by CPU: a new connection goes to the group's `i`th socket
+/// when the CPU that processed its SYN is `cpus[i]` (classic BPF reading `SKF_AD_CPU`; a
+/// CPU not in the list, or an index past the group, falls back to the kernel's hash). The
+/// group's order is the order its sockets called `listen`, so `cpus[i]` must be the CPU of
+/// the worker holding the `i`th listener.
+pub fn steer_reuseport_by_cpu(fd: BorrowedFd<'_>, cpus: &[usize]) -> io::Result<()> {
+    // BPF_LD | BPF_W | BPF_ABS, BPF_JMP | BPF_JEQ | BPF_K, BPF_RET | BPF_K.
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JMP_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    // cBPF programs hold at most 4096 instructions: two per CPU and two more.
+    if cpus.len() > 2000 {
+        return Err(io::Error::other(format!(
+            "{} CPUs: too many for a classic BPF steering program",
+            cpus.len()
+        )));
+    }
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut prog = Vec::with_capacity(2 * cpus.len() + 2);
+    prog.push(op(
+        BPF_LD_W_ABS,
+        0,
+        0,
+        (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+    ));
+    for (i, &cpu) in cpus.iter().enumerate() {
+        prog.push(op(BPF_JMP_JEQ_K, 0, 1, cpu as u32));
+        prog.push(op(BPF_RET_K, 0, 0, i as u32));
+    }
+    prog.push(op(BPF_RET_K, 0, 0, u32::MAX));
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `prog`, which lives until the call returns; the kernel
+    // copies the program and validates every instruction (a bad one is EINVAL).
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The CPUs this process may run on (its affinity mask), in order.

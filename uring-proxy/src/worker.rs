@@ -240,6 +240,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, workload: usize, listen
         match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::ZERO;
+                ctx.stats().accepted.inc();
                 let held = shared.active_on(ctx.id);
                 if held >= i64::from(limit.get()) {
                     refuse(&ctx, w, dir, stream, Outcome::ConnectionLimit);
@@ -342,6 +343,7 @@ mod size_tests {
                 workload: WorkloadKey::sidecar(),
                 workers: 1,
                 workers_pinned: false,
+                steer_cpus: None,
                 driver: Resolved {
                     kind: DriverKind::Epoll,
                     fallback_reason: None,

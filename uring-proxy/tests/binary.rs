@@ -248,11 +248,22 @@ both_drivers!(sighup_reload_and_sigterm_exit);
 /// Starts the proxy behind `wrapper` (a command that execs the rest) with an admin port of
 /// its own; returns it once `/live` answers.
 fn start_behind(name: &str, wrapper: &[&str], args: &[&str]) -> (Running, SocketAddr) {
+    let port = free_port();
+    start_with(name, wrapper, args, port, &loopback_config(port))
+}
+
+/// Starts the binary on `config`, whose admin port is `admin_port`.
+fn start_with(
+    name: &str,
+    wrapper: &[&str],
+    args: &[&str],
+    admin_port: u16,
+    config: &str,
+) -> (Running, SocketAddr) {
     let dir = scratch(name);
     let path = dir.join("p.yaml");
-    let port = free_port();
-    let admin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    std::fs::write(&path, loopback_config(port)).unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    std::fs::write(&path, config).unwrap();
     let (prog, pre) = wrapper
         .split_first()
         .map_or((env!("CARGO_BIN_EXE_uring-proxy"), &[][..]), |(p, rest)| {
@@ -453,4 +464,83 @@ fn readme_config_examples_are_valid() {
         blocks += 1;
     }
     assert!(blocks >= 1, "the README shows at least one config");
+}
+
+/// `--steer-by-cpu`: every connection made from a thread on CPU c is accepted by the worker
+/// pinned to c, on both drivers; without pinned workers it is refused with a warning and the
+/// kernel's hash spreads them.
+#[test]
+fn steer_by_cpu_hands_connections_to_the_worker_on_the_client_cpu() {
+    let cpus: Vec<usize> = {
+        let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).unwrap();
+        (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect()
+    };
+    assert!(
+        cpus.len() >= 2,
+        "this test needs two CPUs in the affinity mask, has {cpus:?}"
+    );
+    const PER_CPU: u64 = 24;
+    for driver in ["uring", "epoll"] {
+        let (admin_port, port) = (free_port(), free_port());
+        let config = loopback_config(admin_port).replace(
+            "outbound: \"127.0.0.1:0\"",
+            &format!("outbound: \"127.0.0.1:{port}\""),
+        );
+        let (p, admin) = start_with(
+            &format!("steer-{driver}"),
+            &[],
+            &["--driver", driver, "--steer-by-cpu"],
+            admin_port,
+            &config,
+        );
+        assert_eq!(metric(admin, "ringmesh_workers"), cpus.len() as u64);
+        assert_eq!(metric(admin, "ringmesh_workers_pinned"), 1);
+        assert_eq!(metric(admin, "ringmesh_workers_steered"), 1, "{driver}");
+        assert_eq!(outbound_port_of(admin), port);
+        for (worker, &cpu) in cpus.iter().enumerate() {
+            let series =
+                format!("ringmesh_worker_connections_accepted_total{{worker=\"{worker}\"}}");
+            let before = metric(admin, &series);
+            let total_before = metric(admin, "ringmesh_worker_connections_accepted_total");
+            std::thread::spawn(move || {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu).unwrap();
+                nix::sched::sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+                for _ in 0..PER_CPU {
+                    // Not intercepted, so the proxy finds no original destination and
+                    // closes it; accepting is what is counted.
+                    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    let _ = std::io::Read::read(&mut &s, &mut [0u8; 1]);
+                }
+            })
+            .join()
+            .unwrap();
+            wait_until(
+                "the connections are accepted",
+                Duration::from_secs(10),
+                || {
+                    metric(admin, "ringmesh_worker_connections_accepted_total")
+                        >= total_before + PER_CPU
+                },
+            );
+            assert_eq!(
+                metric(admin, &series) - before,
+                PER_CPU,
+                "{driver}: connections from CPU {cpu} went to workers other than {worker}:\n{}",
+                http_get(admin, "/metrics").1
+            );
+        }
+        drop(p);
+
+        let (p, admin) = start_behind(
+            &format!("steer-unpinned-{driver}"),
+            &[],
+            &["--driver", driver, "--steer-by-cpu", "--no-pin"],
+        );
+        assert_eq!(metric(admin, "ringmesh_workers_pinned"), 0);
+        assert_eq!(metric(admin, "ringmesh_workers_steered"), 0, "{driver}");
+        drop(p);
+    }
 }

@@ -26,6 +26,8 @@ pub struct ProcessInfo {
     pub workers: usize,
     /// Whether each worker is pinned to a CPU of its own.
     pub workers_pinned: bool,
+    /// New connections go to the worker on the CPU that received them.
+    pub workers_steered: bool,
     pub config: ConfigInfo,
     pub config_reloads_ok: u64,
     pub config_reloads_rejected: u64,
@@ -235,6 +237,28 @@ fn process(o: &mut Out, workers: &[WorkerStats], info: &ProcessInfo) {
         &[],
         u8::from(info.workers_pinned),
     );
+    o.family(
+        "ringmesh_workers_steered",
+        "gauge",
+        "1 when each new connection goes to the worker on the CPU that received it (--steer-by-cpu), 0 when the kernel's hash spreads them.",
+    );
+    o.sample(
+        "ringmesh_workers_steered",
+        &[],
+        u8::from(info.workers_steered),
+    );
+    o.family(
+        "ringmesh_worker_connections_accepted_total",
+        "counter",
+        "TCP connections each worker accepted, every listener and workload.",
+    );
+    for (i, w) in workers.iter().enumerate() {
+        o.sample(
+            "ringmesh_worker_connections_accepted_total",
+            &[("worker", &i.to_string())],
+            w.accepted.get(),
+        );
+    }
     o.family(
         "ringmesh_worker_heartbeat_age_seconds",
         "gauge",

@@ -318,6 +318,8 @@ impl WorkerShard {
 pub struct WorkerStats {
     /// Milliseconds on the process's monotonic clock at the worker's last heartbeat.
     pub heartbeat_ms: AtomicU64,
+    /// TCP connections this worker accepted (only the worker writes it).
+    pub accepted: Counter,
     /// Failure log lines left out by the rate limit, by outcome (the counters above count
     /// every connection regardless).
     pub(crate) log_suppressed: [Counter; Outcome::COUNT],

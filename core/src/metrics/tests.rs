@@ -200,6 +200,7 @@ fn config_and_worker_series() {
         .heartbeat_ms
         .store(10_000, std::sync::atomic::Ordering::Relaxed);
     stats[1].log_suppressed(Outcome::UpstreamError, 5);
+    stats[1].accepted.add(3);
     let info = ProcessInfo {
         now_ms: 10_500,
         live: true,
@@ -217,6 +218,9 @@ fn config_and_worker_series() {
     for want in [
         "ringmesh_worker_heartbeat_age_seconds{worker=\"0\"} 1.5\n",
         "ringmesh_worker_heartbeat_age_seconds{worker=\"1\"} 0.5\n",
+        "ringmesh_worker_connections_accepted_total{worker=\"0\"} 0\n",
+        "ringmesh_worker_connections_accepted_total{worker=\"1\"} 3\n",
+        "ringmesh_workers_steered 0\n",
         "ringmesh_live 1\n",
         "ringmesh_log_lines_dropped_total 7\n",
         "ringmesh_log_lines_suppressed_total{reason=\"upstream_error\"} 5\n",
