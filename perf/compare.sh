@@ -9,7 +9,7 @@
 #
 # Knobs (environment): ROUNDS DURATION WARMUP CONNS RATE IDLE_CONNS (0: skip) WORKERS
 # LOAD_CPUS PROXY_CPUS SCENARIOS (the loopback ones; empty for none) FAIR_SCENARIOS (the fair
-# layout's; empty for none) FAIR_WORKERS (default: every CPU) MESH (1: also the two-pod path)
+# layout's; empty for none) FAIR_WORKERS (default: every CPU) LEVERS FAIR_ONLY MESH (1: also the two-pod path)
 # OUT (raw results) REPORT PLOT (where the report and plot go) BASELINE (a directory with an
 # earlier build's uring-proxy: it runs beside the others as uring-prev, with the default
 # config, to show what a change cost).
@@ -25,7 +25,10 @@
 #               their listeners, uring-proxy to its outbound listener, which reads
 #               SO_ORIGINAL_DST). uring-proxy three times: its default (workers pinned),
 #               --no-pin, and --steer-by-cpu (pinned, each connection to the worker on the
-#               CPU that received it).
+#               CPU that received it). With LEVERS=1 also: ring-ceiling (bench's
+#               owned-io_uring forwarder, the ceiling of that lever), uring-buffered (copy:
+#               buffered) and uring-sockmap (the same, with perf/sockmap's programs moving the
+#               bytes between the client and the proxy; both run in a cgroup of their own).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -38,9 +41,14 @@ IDLE_CONNS=${IDLE_CONNS:-8000}
 WORKERS=${WORKERS:-1}
 LOAD_CPUS=${LOAD_CPUS:-0}
 PROXY_CPUS=${PROXY_CPUS:-1}
-SCENARIOS=${SCENARIOS:-"http-keepalive http-rate tcp-conn stream-1 tcp-rr-16k"}
-FAIR_SCENARIOS=${FAIR_SCENARIOS:-"fair-http-keepalive fair-http-rate fair-tcp-conn fair-stream-1"}
+SCENARIOS=${SCENARIOS-"http-keepalive http-rate tcp-conn stream-1 tcp-rr-16k"}
+FAIR_SCENARIOS=${FAIR_SCENARIOS-"fair-http-keepalive fair-http-rate fair-tcp-conn fair-stream-1"}
 FAIR_WORKERS=${FAIR_WORKERS:-$(nproc)}
+# The levers of ANALYSIS.md as fair contenders too (1) or not (0): ring-ceiling (an owned
+# io_uring), uring-buffered and uring-sockmap (the app-to-proxy hop through a sockmap).
+LEVERS=${LEVERS:-1}
+# Only these fair contenders (space separated; empty: all of them).
+FAIR_ONLY=${FAIR_ONLY:-}
 ALL_CPUS=0-$(($(nproc) - 1))
 MESH=${MESH:-1}
 OUT=${OUT:-$here/out}
@@ -71,10 +79,12 @@ spawn() {
   PIDS+=($!)
   LAST_PID=$!
 }
+SOCKMAP_CG=/sys/fs/cgroup/unified/rmperf-sockmap
 cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [[ $LEVERS == 1 ]]; then "$here/sockmap/load.sh" down "$OUT" "$SOCKMAP_CG" || true; fi
   ip netns del "$NS" 2>/dev/null || true
   if [[ $MESH == 1 ]]; then testbed_down 2>/dev/null || true; fi
 }
@@ -174,6 +184,8 @@ sed -e "s/^    nbthread .*/    nbthread $FAIR_WORKERS/" -e "s/:1200\([0-9]\)$/:1
 uring_conf 127.0.3.3 15050 auto >"$OUT/uring-fair.yaml"
 uring_conf 127.0.3.4 15060 auto >"$OUT/uring-fair-unpinned.yaml"
 uring_conf 127.0.3.5 15070 auto >"$OUT/uring-fair-steered.yaml"
+uring_conf 127.0.3.7 15090 buffered >"$OUT/uring-fair-buffered.yaml"
+uring_conf 127.0.3.8 15100 buffered >"$OUT/uring-fair-sockmap.yaml"
 for port in 9000 9001 9002; do
   in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.1 --dport "$port" -j REDIRECT --to-ports "$((port + 4000))"
   in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.2 --dport "$port" -j REDIRECT --to-ports "$((port + 5000))"
@@ -181,6 +193,12 @@ done
 in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.3 -j REDIRECT --to-ports 15051
 in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.4 -j REDIRECT --to-ports 15061
 in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.5 -j REDIRECT --to-ports 15071
+if [[ $LEVERS == 1 ]]; then
+  in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.6 -j REDIRECT --to-ports 15081
+  in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.7 -j REDIRECT --to-ports 15091
+  in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.8 -j REDIRECT --to-ports 15101
+  "$here/sockmap/load.sh" up "$OUT" "$SOCKMAP_CG" 15101 127.0.3.8
+fi
 grep -q ':1300[0-2] ' "$OUT/nginx-fair.conf" && grep -q ':1400[0-2]$' "$OUT/haproxy-fair.cfg" ||
   { echo "the fair nginx/haproxy configs were not rewritten" >&2; exit 1; }
 echo "--- nginx.conf"; cat "$OUT/nginx.conf"
@@ -213,7 +231,33 @@ spawn "$OUT/uring-fair-steered.log" "$ALL_CPUS" "$bin/uring-proxy" --config "$OU
 CPIDS[fair-uring-steered]=$LAST_PID
 # In the fair scenarios, every contender but direct is dialled at its NAT address.
 FAIR_CONTENDERS=(direct uring uring-unpinned uring-steered nginx haproxy)
-declare -A FAIR_HOST=([direct]=127.0.0.1 [nginx]=127.0.3.1 [haproxy]=127.0.3.2 [uring]=127.0.3.3 [uring-unpinned]=127.0.3.4 [uring-steered]=127.0.3.5)
+declare -A FAIR_HOST=([direct]=127.0.0.1 [nginx]=127.0.3.1 [haproxy]=127.0.3.2 [uring]=127.0.3.3 [uring-unpinned]=127.0.3.4 [uring-steered]=127.0.3.5 [ring-ceiling]=127.0.3.6 [uring-buffered]=127.0.3.7 [uring-sockmap]=127.0.3.8)
+# in_cgroup CG CMD...: CMD in cgroup CG (joined before `ip netns exec`, which hides
+# /sys/fs/cgroup behind a fresh sysfs; children inherit it).
+in_cgroup() {
+  local cg=$1
+  shift
+  # exec: a background `in_cgroup CMD &` is then CMD's own PID, which cleanup kills.
+  exec sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cg" "$@"
+}
+if [[ $LEVERS == 1 ]]; then
+  ip netns exec "$NS" taskset -c "$ALL_CPUS" "$bin/ring-ceiling" --listen 127.0.0.1:15081 --workers "$FAIR_WORKERS" >"$OUT/ring-ceiling.log" 2>&1 &
+  PIDS+=($!)
+  CPIDS[fair-ring-ceiling]=$!
+  spawn "$OUT/uring-fair-buffered.log" "$ALL_CPUS" "$bin/uring-proxy" --config "$OUT/uring-fair-buffered.yaml" --workers "$FAIR_WORKERS"
+  CPIDS[fair-uring-buffered]=$LAST_PID
+  in_cgroup "$SOCKMAP_CG" ip netns exec "$NS" taskset -c "$ALL_CPUS" "$bin/uring-proxy" --config "$OUT/uring-fair-sockmap.yaml" --workers "$FAIR_WORKERS" >"$OUT/uring-fair-sockmap.log" 2>&1 &
+  PIDS+=($!)
+  CPIDS[fair-uring-sockmap]=$!
+  FAIR_CONTENDERS+=(ring-ceiling uring-buffered uring-sockmap)
+fi
+if [[ -n $FAIR_ONLY ]]; then
+  picked=()
+  for c in "${FAIR_CONTENDERS[@]}"; do
+    [[ " $FAIR_ONLY " == *" $c "* ]] && picked+=("$c")
+  done
+  FAIR_CONTENDERS=("${picked[@]}")
+fi
 TARGET_HOST=([direct]=127.0.0.1 [nginx]=127.0.0.1 [haproxy]=127.0.0.1 [uring]=127.0.2.1 [uring-splice]=127.0.2.2 [uring-buffered]=127.0.2.3 [uring-epoll]=127.0.2.4 [uring-prev]=127.0.2.5)
 PORT_BASE=([direct]=9000 [nginx]=11000 [haproxy]=12000 [uring]=9000 [uring-splice]=9000 [uring-buffered]=9000 [uring-epoll]=9000 [uring-prev]=9000)
 CONTENDERS=(direct uring uring-splice uring-buffered uring-epoll nginx haproxy)
@@ -261,8 +305,11 @@ run_one() {
   local args offset watch=() p json
   read -r offset args <<<"$(scenario_args "$scenario")"
   for p in "$@"; do watch+=(--watch-pid "$p"); done
+  local pre=()
+  # The sockmap contender's client must be in its cgroup for the sock_ops program to see it.
+  [[ $contender == uring-sockmap ]] && pre=(in_cgroup "$SOCKMAP_CG")
   # shellcheck disable=SC2086
-  json=$(ip netns exec "$RUN_NS" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" run $args \
+  json=$("${pre[@]}" ip netns exec "$RUN_NS" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" run $args \
     --target "$host:$((base + offset))" --threads "$load_threads" \
     --duration "$DURATION" --warmup "$WARMUP" --json - "${watch[@]}")
   printf '{"kind":"run","scenario":"%s","round":%d,"contender":"%s","result":%s}\n' \
@@ -406,7 +453,7 @@ fi
   echo
   echo "Everything runs on loopback in one network namespace. The load generator (\`mesh-bench\`, $load_threads thread(s)) and the backends share CPU(s) $LOAD_CPUS; the contender under test runs on CPU(s) $PROXY_CPUS with $WORKERS worker(s) (nginx: worker_processes, haproxy: nbthread, uring-proxy: --workers). All contenders are running all the time but only the one under test has traffic. With one core for the generator and backend, **direct** is bounded by that core, while a proxy adds a second core of its own: a ratio to direct above 1 is possible and says the generator core, not the proxy, is the limit. Compare proxies with each other first."
   echo
-  echo "**The fair layout** (the **fair-*** scenarios, interleaved with the others in every round): every contender runs $FAIR_WORKERS worker(s) on all $(nproc) CPUs (nginx: worker_processes, haproxy: nbthread), the generator and the backends stay pinned to CPU(s) $LOAD_CPUS and so share a core with one proxy worker, and every contender is reached the same way: the client dials an address that an iptables NAT REDIRECT sends to the contender's port (127.0.3.1 to nginx, 127.0.3.2 to haproxy, 127.0.3.3 to 127.0.3.5 to uring-proxy's outbound listeners). **uring** is uring-proxy's default (one worker per CPU, each pinned), **uring-unpinned** the same with --no-pin, **uring-steered** the default with --steer-by-cpu (each connection to the worker on the CPU its SYN arrived on). This is the layout a sidecar meets; the loopback one gives the proxy a core of its own."
+  echo "**The fair layout** (the **fair-*** scenarios, interleaved with the others in every round): every contender runs $FAIR_WORKERS worker(s) on all $(nproc) CPUs (nginx: worker_processes, haproxy: nbthread), the generator and the backends stay pinned to CPU(s) $LOAD_CPUS and so share a core with one proxy worker, and every contender is reached the same way: the client dials an address that an iptables NAT REDIRECT sends to the contender's port (127.0.3.1 to nginx, 127.0.3.2 to haproxy, 127.0.3.3 to 127.0.3.5 to uring-proxy's outbound listeners). **uring** is uring-proxy's default (one worker per CPU, each pinned), **uring-unpinned** the same with --no-pin, **uring-steered** the default with --steer-by-cpu (each connection to the worker on the CPU its SYN arrived on). With LEVERS=1 (127.0.3.6 to 127.0.3.8): **ring-ceiling** is bench's ring-ceiling, the smallest forwarder that owns its io_uring (multishot accept and recv into provided buffers; no routing, policy, metrics or timeouts), the ceiling of that lever; **uring-buffered** is the default with \`copy: buffered\`; **uring-sockmap** is uring-buffered with perf/sockmap/sockmap.c moving the bytes between the client's socket and the proxy's accepted socket (sock_ops + sk_msg in a cgroup that holds only that proxy and, while it is loaded, the generator).$( [[ $LEVERS == 1 ]] && echo " The sockmap programs redirected and passed these sends over the whole run: $("$here/sockmap/load.sh" stats "$OUT").") This is the layout a sidecar meets; the loopback one gives the proxy a core of its own."
   echo
   echo "uring-proxy runs on its real path: the client dials a service address (127.0.2.x), NAT REDIRECT sends it to the outbound listener, the proxy reads SO_ORIGINAL_DST, looks the service up and dials its endpoint. nginx and haproxy are plain TCP reverse proxies (no NAT). **uring** is the default (io_uring, \`copy: auto\`: buffered, switching a direction to splice once it moves bulk), **uring-splice** always splices, **uring-buffered** always copies through a 64 KiB buffer, **uring-epoll** is the epoll driver with the default copy."
   echo
