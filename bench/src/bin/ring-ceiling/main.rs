@@ -9,7 +9,7 @@
 //! (perf/compare.sh's backends), with no routing, policy, TLS, metrics or timeouts: the
 //! ceiling that an owned ring could lift uring-proxy's plaintext path towards.
 //!
-//!   ring-ceiling --listen 127.0.0.1:15081 --workers 2 [--pin]
+//!   ring-ceiling --listen 127.0.0.1:15081 --workers 2 [--pin] [--upstream 127.0.0.1:9000]
 
 #[allow(unsafe_code)]
 mod sys;
@@ -37,6 +37,10 @@ struct Args {
     buffers: u16,
     #[arg(long, default_value_t = 16384)]
     buffer_size: u32,
+    /// Forward every connection here instead of to 127.0.0.1:<original port> (no NAT
+    /// needed: the smoke test uses it).
+    #[arg(long)]
+    upstream: Option<SocketAddrV4>,
 }
 
 const GROUP: u16 = 0;
@@ -83,6 +87,7 @@ struct Worker {
     free: Vec<usize>,
     listener: std::net::TcpListener,
     starved: Vec<(usize, usize)>,
+    upstream: Option<SocketAddrV4>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,7 +110,8 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .enumerate()
         .map(|(i, listener)| {
-            let (pin, buffers, size) = (args.pin, args.buffers, args.buffer_size);
+            let (pin, buffers, size, upstream) =
+                (args.pin, args.buffers, args.buffer_size, args.upstream);
             std::thread::spawn(move || -> io::Result<()> {
                 if pin {
                     let mut set = nix::sched::CpuSet::new();
@@ -113,7 +119,7 @@ fn main() -> anyhow::Result<()> {
                     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
                         .map_err(io::Error::from)?;
                 }
-                Worker::new(listener, buffers, size)?.run()
+                Worker::new(listener, buffers, size, upstream)?.run()
             })
         })
         .collect();
@@ -125,7 +131,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 impl Worker {
-    fn new(listener: std::net::TcpListener, buffers: u16, size: u32) -> io::Result<Self> {
+    fn new(
+        listener: std::net::TcpListener,
+        buffers: u16,
+        size: u32,
+        upstream: Option<SocketAddrV4>,
+    ) -> io::Result<Self> {
         let mut ring = sys::Ring::new(4096)?;
         let bufs = sys::BufRing::new(buffers, size)?;
         ring.register(&bufs, GROUP)?;
@@ -136,6 +147,7 @@ impl Worker {
             free: Vec::new(),
             listener,
             starved: Vec::new(),
+            upstream,
         })
     }
 
@@ -162,8 +174,11 @@ impl Worker {
     }
 
     fn accepted(&mut self, fd: RawFd) -> io::Result<()> {
-        let target = match sys::original_dst(fd) {
-            Ok(d) => SocketAddrV4::new(Ipv4Addr::LOCALHOST, d.port()),
+        let target = match self.upstream.map_or_else(
+            || sys::original_dst(fd).map(|d| SocketAddrV4::new(Ipv4Addr::LOCALHOST, d.port())),
+            Ok,
+        ) {
+            Ok(t) => t,
             Err(_) => {
                 sys::close(fd);
                 return Ok(());
