@@ -251,20 +251,14 @@ fn ring_ceiling_forwards_byte_exact() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _fwd = Killed(
+    let _fwd = Backend(
         Command::new(env!("CARGO_BIN_EXE_ring-ceiling"))
             .args(["--listen", &listen.to_string(), "--workers", "2"])
             .args(["--upstream", &echo.1.to_string()])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
+        listen,
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut s = loop {
@@ -314,26 +308,8 @@ fn ring_ceiling_forwards_byte_exact() {
             "64",
         ],
     ] {
-        let out = Command::new(BIN)
-            .arg("run")
-            .args(workload)
-            .args(["--target", &listen.to_string(), "--duration", "1s"])
-            .args(["--warmup", "0s", "--json", "-"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(
-            r["errors"].as_object().is_some_and(|e| e.is_empty()),
-            "{workload:?}: {r}"
-        );
-        assert!(
-            r["throughput"].as_f64().unwrap() > 10.0,
-            "{workload:?}: {r}"
-        );
+        let r = run(listen, "uring", workload);
+        no_errors(&r);
+        assert!(r.throughput > 10.0, "{workload:?}: {r:?}");
     }
 }

@@ -214,15 +214,27 @@ pub fn send_to(fd: RawFd, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
 /// eBPF program that rewrites the datagram to get wrong).
 pub fn set_udp_no_check(fd: BorrowedFd<'_>) -> io::Result<()> {
     let one: libc::c_int = 1;
-    // SAFETY: `fd` is a borrowed, open socket; the option value points at a live `c_int` and
-    // the length passed is its size, which is what SO_NO_CHECK reads.
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_NO_CHECK, &one)
+}
+
+/// `setsockopt(2)` with `value` as the option (what socket2 and nix do not offer). `T` must
+/// be the type the kernel reads for `level`/`name`.
+fn setsockopt<T>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `fd` is a borrowed, open socket; the kernel reads `size_of::<T>()` bytes from
+    // `value`, a live `T`. A value that holds pointers (a `sock_fprog`) has them pointing at
+    // memory its caller keeps alive for the call; the kernel copies what they point at.
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NO_CHECK,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if r == 0 {
@@ -284,22 +296,9 @@ pub fn steer_reuseport_by_cpu(fd: BorrowedFd<'_>, cpus: &[usize]) -> io::Result<
         len: prog.len() as u16,
         filter: prog.as_mut_ptr(),
     };
-    // SAFETY: `fprog` points at `prog`, which lives until the call returns; the kernel
-    // copies the program and validates every instruction (a bad one is EINVAL).
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&raw const fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // The kernel copies the program (through `fprog`, which points at `prog`, alive for the
+    // call) and validates every instruction: a bad one is EINVAL.
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_REUSEPORT_CBPF, &fprog)
 }
 
 /// The CPUs this process may run on (its affinity mask), in order.
