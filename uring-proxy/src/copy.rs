@@ -73,13 +73,15 @@ impl Pools {
 }
 
 /// Copies both ways between two plaintext sockets until both sides close, one fails, the
-/// connection idles out, or `closing` completes.
+/// connection idles out, or `closing` completes. A direction marked in `done` (down to up,
+/// up to down) already reached end of stream and passed it on (the owned ring's handoff).
 pub(crate) fn bidirectional<'a>(
     down: &'a TcpStream,
     up: &'a TcpStream,
     kind: CopyKind,
     cx: &'a CopyCx<'a>,
     closing: impl Future<Output = ()> + 'a,
+    done: [bool; 2],
 ) -> impl Future<Output = CopyEnd> + 'a {
     let d2u = duplex::direction(
         Flow::new(down, up, kind, cx.pools),
@@ -95,7 +97,7 @@ pub(crate) fn bidirectional<'a>(
         Side::Upstream,
         cx,
     );
-    duplex::duplex(down, up, d2u, u2d, cx, closing)
+    duplex::duplex(down, up, d2u, u2d, cx, closing, done)
 }
 
 /// The synchronous half of a direction: what is in flight, and the syscalls that move it.

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use ringmesh_core::metrics::{Direction, Outcome, WorkerShard, WorkerStats};
 
 use crate::copy::Pools;
+use crate::driver::DriverKind;
+use crate::ring_copy::RingCopy;
 use crate::idle::IdleTracker;
 use crate::orig_dst::OrigDstSource;
 use crate::signal::LocalSignal;
@@ -40,6 +42,9 @@ pub(crate) struct WorkerCtx {
     /// Node mode: this worker's own network namespace, to come back to after making a socket
     /// in a workload's.
     pub home_netns: Option<std::fs::File>,
+    /// The worker's own io_uring for the plaintext copy, when it runs on io_uring and the
+    /// kernel gave it one.
+    pub ring: Option<Rc<RingCopy>>,
 }
 
 /// A workload slot's signals on one worker.
@@ -55,7 +60,26 @@ pub(crate) struct SlotSignals {
 
 impl WorkerCtx {
     pub fn new(id: usize, shared: Arc<Shared>, orig_dst: Arc<dyn OrigDstSource>) -> Self {
+        let ring = (shared.owned_ring && shared.driver.kind == DriverKind::IoUring)
+            .then(|| match RingCopy::new() {
+                Ok(r) => {
+                    shared
+                        .workers_owned_ring
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Some(Rc::new(r))
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        worker = id, error = %e,
+                        "no io_uring of the worker's own (provided buffers, multishot receive); \
+                         copying through monoio's"
+                    );
+                    None
+                }
+            })
+            .flatten();
         Self {
+            ring,
             id,
             shared,
             orig_dst,

@@ -126,7 +126,7 @@ pub(crate) async fn direction<P: Pump>(
 }
 
 /// Runs both directions until both are done, one fails, the connection is idle for its
-/// timeout, or `closing` completes.
+/// timeout, or `closing` completes; a direction marked in `done` is not run.
 ///
 /// A hand-written future rather than an `async fn`: an `async fn` would keep its arguments
 /// and the pinned copies of them side by side, doubling the state every connection keeps for
@@ -138,6 +138,7 @@ pub(crate) fn duplex<'a, A, B, C>(
     u2d: B,
     cx: &'a CopyCx<'a>,
     closing: C,
+    done: [bool; 2],
 ) -> Duplex<'a, A, B, C>
 where
     A: Future<Output = Result<(), Failure>>,
@@ -149,8 +150,8 @@ where
         u2d,
         idle: cx.idle.expired(),
         closing,
-        d2u_done: false,
-        u2d_done: false,
+        d2u_done: done[0],
+        u2d_done: done[1],
         down,
         up,
     }

@@ -100,11 +100,37 @@ impl IdleHandle<'_> {
         self.activity.last_ms.set(self.tracker.ms(Instant::now()));
     }
 
+    /// A copy of the touch for code that outlives no borrow of the tracker (the owned ring's
+    /// completions, reaped by another task).
+    pub(crate) fn toucher(&self) -> Toucher {
+        Toucher {
+            epoch: self.tracker.epoch,
+            activity: self.activity.clone(),
+        }
+    }
+
     /// Completes once the connection has been idle for its timeout.
     pub(crate) fn expired(&self) -> Expired<'_> {
         Expired {
             activity: &self.activity,
         }
+    }
+}
+
+/// Records activity on one connection, like [`IdleHandle::touch`].
+#[derive(Debug)]
+pub(crate) struct Toucher {
+    epoch: Instant,
+    activity: Rc<Activity>,
+}
+
+impl Toucher {
+    #[inline]
+    pub(crate) fn touch(&self) {
+        let ms = Instant::now().saturating_duration_since(self.epoch).as_millis();
+        self.activity
+            .last_ms
+            .set(u64::try_from(ms).unwrap_or(u64::MAX));
     }
 }
 

@@ -36,6 +36,7 @@ pub mod orig_dst;
 mod outbound;
 mod pipeline;
 mod proxy;
+mod ring_copy;
 mod signal;
 pub mod state;
 #[allow(unsafe_code)]

@@ -59,6 +59,12 @@ struct Args {
     #[arg(long)]
     steer_by_cpu: bool,
 
+    /// Copy plaintext connections with the worker's io_uring's ordinary polls and
+    /// `recv`/`send` calls, instead of multishot receives into provided buffers on an
+    /// io_uring of the worker's own (the default on the io_uring driver; for comparison).
+    #[arg(long, env = "RINGMESH_NO_OWNED_RING")]
+    no_owned_ring: bool,
+
     /// The workload this sidecar serves, as metrics and logs name it [default:
     /// POD_NAMESPACE/POD_NAME from the downward API, else "sidecar"].
     #[arg(long, env = "RINGMESH_WORKLOAD")]
@@ -201,6 +207,7 @@ fn main() -> ExitCode {
         drain_timeout: args.drain_timeout,
         pin: !args.no_pin,
         steer_by_cpu: args.steer_by_cpu,
+        owned_ring: !args.no_owned_ring,
         config_path: args.config.clone(),
         config_source: args
             .config

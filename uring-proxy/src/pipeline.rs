@@ -17,6 +17,8 @@ use crate::connect::{self, ConnectError};
 use crate::copy;
 use crate::ctx::{ConnRecord, WorkerCtx};
 use crate::duplex::{CopyCx, CopyEnd};
+use crate::idle::IdleHandle;
+use crate::ring_copy::{self, RingEnd};
 use crate::error::{Cause, Stop};
 use crate::orig_dst::ConnInfo;
 use crate::sys::fd_ref;
@@ -324,7 +326,23 @@ pub(crate) async fn relay(
             ))
             .await
         }
-        None => copy::bidirectional(down, up, kind, &cx, ctx.closing_for(w.index)).await,
+        None => {
+            // `auto` on io_uring: small messages go through the worker's own ring, until a
+            // direction moves bulk and the splice copy takes over from where it stopped.
+            let done = match on_ring(ctx, w, dir, down, up, kind, &idle) {
+                Some(relay) => match relay.await {
+                    RingEnd::Ended(end) => Err(end),
+                    RingEnd::Handoff(done) => Ok(done),
+                },
+                None => Ok([false; 2]),
+            };
+            match done {
+                Err(end) => end,
+                Ok(done) => {
+                    copy::bidirectional(down, up, kind, &cx, ctx.closing_for(w.index), done).await
+                }
+            }
+        }
     };
     match end {
         CopyEnd::Done => Stop::plain(Outcome::Ok),
@@ -339,6 +357,39 @@ pub(crate) async fn relay(
         }
         CopyEnd::Failed { side, error } => Stop::io(side, error),
     }
+}
+
+/// The copy on the worker's own ring, when it has one, the copy is `auto`, and the ring takes
+/// the connection. A node workload replaced since the connection began copies the other way
+/// (its metrics shard is reached through the slot, which now holds the new one).
+fn on_ring<'a>(
+    ctx: &'a WorkerCtx,
+    w: &Workload,
+    dir: Direction,
+    down: &'a TcpStream,
+    up: &'a TcpStream,
+    kind: CopyKind,
+    idle: &'a IdleHandle<'a>,
+) -> Option<ring_copy::RingRelay<'a, impl std::future::Future<Output = ()> + 'a>> {
+    let ring = ctx.ring.as_deref().filter(|_| kind == CopyKind::Auto)?;
+    let workload = ctx
+        .shared
+        .workload(w.index)
+        .filter(|a| std::ptr::eq(&**a, w))?;
+    let account = ring_copy::Account {
+        workload,
+        worker: ctx.id,
+        dir,
+        idle: idle.toucher(),
+    };
+    ring_copy::bidirectional(
+        ring,
+        down,
+        up,
+        account,
+        idle.expired(),
+        ctx.closing_for(w.index),
+    )
 }
 
 /// Runs the set-up steps unless the drain deadline passes first, which resets the connection

@@ -39,6 +39,8 @@ pub struct ProxyOptions {
     pub pin: bool,
     /// Steer each new connection to the worker on the CPU that received it (pinned only).
     pub steer_by_cpu: bool,
+    /// Copy plaintext on each worker's own io_uring (io_uring driver, `copy: auto`).
+    pub owned_ring: bool,
     /// The file SIGHUP re-reads.
     pub config_path: Option<PathBuf>,
     /// Where the starting config came from.
@@ -66,6 +68,7 @@ impl Default for ProxyOptions {
             drain_timeout: Duration::from_secs(30),
             pin: true,
             steer_by_cpu: false,
+            owned_ring: true,
             config_path: None,
             config_source: ConfigSource::Api,
             workload: WorkloadKey::sidecar(),
@@ -287,6 +290,7 @@ impl Proxy {
             workers: n,
             workers_pinned: plan.pin.is_some(),
             steer_cpus,
+            owned_ring: opts.owned_ring,
             driver,
             listeners: own,
             config_path: opts.config_path,

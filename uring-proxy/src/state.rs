@@ -125,6 +125,10 @@ pub struct Shared {
     /// The CPU of each worker when new connections are steered to the worker on the CPU
     /// that received them (`--steer-by-cpu`).
     pub steer_cpus: Option<Vec<usize>>,
+    /// Workers copy plaintext on their own io_uring when they can (`--no-owned-ring` off).
+    pub owned_ring: bool,
+    /// Workers that do.
+    pub workers_owned_ring: AtomicUsize,
     pub driver: Resolved,
     /// The proxy's own listener addresses and the namespace's IPs, refreshed by the
     /// control thread: a destination among them is a loop.
@@ -164,6 +168,7 @@ pub struct SharedSetup {
     pub workers: usize,
     pub workers_pinned: bool,
     pub steer_cpus: Option<Vec<usize>>,
+    pub owned_ring: bool,
     pub driver: Resolved,
     pub listeners: Vec<std::net::SocketAddr>,
     pub config_path: Option<PathBuf>,
@@ -205,6 +210,8 @@ impl Shared {
             workers: (0..s.workers).map(|_| WorkerStats::default()).collect(),
             workers_pinned: s.workers_pinned,
             steer_cpus: s.steer_cpus,
+            owned_ring: s.owned_ring,
+            workers_owned_ring: AtomicUsize::new(0),
             driver: s.driver,
             own: ArcSwap::from_pointee(own),
             listeners: s.listeners,
@@ -336,6 +343,7 @@ impl Shared {
             workers: self.workers.len(),
             workers_pinned: self.workers_pinned,
             workers_steered: self.steer_cpus.is_some(),
+            workers_owned_ring: self.workers_owned_ring.load(Relaxed),
             config: ConfigInfo {
                 version: version.to_string(),
                 number: version.number(),

@@ -109,6 +109,9 @@ async fn run(
     for u in udp {
         crate::udp::spawn(ctx.clone(), u)?;
     }
+    if let Some(ring) = &ctx.ring {
+        monoio::spawn(ring.clone().run());
+    }
     monoio::spawn(sweep_idle(ctx.clone()));
     monoio::spawn(heartbeat(ctx.clone()));
     ctx.shared.heartbeat(ctx.id);
@@ -344,6 +347,7 @@ mod size_tests {
                 workers: 1,
                 workers_pinned: false,
                 steer_cpus: None,
+                owned_ring: false,
                 driver: Resolved {
                     kind: DriverKind::Epoll,
                     fallback_reason: None,

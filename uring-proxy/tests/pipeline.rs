@@ -37,6 +37,9 @@ both_drivers!(
     admin_endpoints,
     failure_lines_are_rate_limited,
     metrics_pass_promtool,
+    owned_ring_carries_keep_alive_exchanges,
+    bulk_after_a_half_close_moves_to_splice,
+    slow_upstream_reader_loses_nothing,
 );
 
 fn echo_every_copy_mode(driver: DriverChoice) {
@@ -79,17 +82,27 @@ fn echo_every_copy_mode(driver: DriverChoice) {
         // Splice really splices: bulk moves through pipes unless the copy is buffered.
         let spliced = metric_in(&m, "ringmesh_copy_bytes_total{method=\"splice\"}");
         let buffered = metric_in(&m, "ringmesh_copy_bytes_total{method=\"buffer\"}");
+        let ring = metric_in(&m, "ringmesh_copy_bytes_total{method=\"ring\"}");
         assert_eq!(
-            spliced + buffered,
+            spliced + buffered + ring,
             2 * total,
             "{copy}: every byte counted once"
         );
+        // On io_uring, auto starts on the worker's own ring and hands the bulk over to
+        // splice; nothing else uses the ring.
+        let handoffs = metric_in(&m, "ringmesh_copy_ring_handoffs_total");
+        if copy == "auto" && driver == DriverChoice::Uring {
+            assert!(ring >= 10, "{copy}: the small exchange went through the ring: {m}");
+            assert_eq!(handoffs, 1, "{copy}: {m}");
+        } else {
+            assert_eq!((ring, handoffs), (0, 0), "{copy} on {driver:?}");
+        }
         match copy {
             "buffered" => assert_eq!(spliced, 0, "{copy}"),
             // auto: the small exchange is buffered, the bulk spliced.
             _ => assert!(
                 spliced > total,
-                "{copy}: only {spliced} of {} spliced",
+                "{copy}: only {spliced} of {} spliced (ring {ring}, buffered {buffered})",
                 2 * total
             ),
         }
@@ -582,4 +595,108 @@ fn metrics_pass_promtool(driver: DriverChoice) {
         out.status.success() && said.trim().is_empty(),
         "promtool: {said}\n{body}"
     );
+}
+
+/// Whether the worker's own ring is in use: on io_uring it is, on epoll there is none.
+fn expect_owned_ring(p: &uring_proxy::Proxy, driver: DriverChoice, workers: u64) {
+    let want = if driver == DriverChoice::Uring { workers } else { 0 };
+    assert_eq!(metric(p, "ringmesh_workers_owned_ring"), want, "{driver:?}");
+}
+
+fn owned_ring_carries_keep_alive_exchanges(driver: DriverChoice) {
+    // Many connections at once (more than there are buffers in flight at any time), each
+    // with many small exchanges of varying size: the keep-alive pattern the ring is for.
+    let srv = echo_server();
+    let p = start_with(config(""), options(driver, 2, fixed(srv.addr)));
+    expect_owned_ring(&p, driver, 2);
+    let conns: Vec<_> = (0..40).map(|_| connect(p.outbound_addr())).collect();
+    let threads: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            thread::spawn(move || {
+                let mut moved = 0u64;
+                for round in 0..100 {
+                    let len = 1 + (i * 131 + round * 977) % 6000;
+                    let msg = pattern(len);
+                    roundtrip(&mut c, &msg);
+                    moved += len as u64;
+                }
+                c.shutdown(Shutdown::Write).unwrap();
+                assert_eq!(read_end(&mut c).unwrap(), b"", "nothing after the last echo");
+                moved
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    expect_closed(&p, Direction::Outbound, Outcome::Ok, 40);
+    let m = p.metrics();
+    let ring = metric_in(&m, "ringmesh_copy_bytes_total{method=\"ring\"}");
+    let buffered = metric_in(&m, "ringmesh_copy_bytes_total{method=\"buffer\"}");
+    if driver == DriverChoice::Uring {
+        assert_eq!((ring, buffered), (2 * total, 0), "every byte on the ring: {m}");
+    } else {
+        assert_eq!((ring, buffered), (0, 2 * total), "{m}");
+    }
+    assert_eq!(metric_in(&m, "ringmesh_copy_ring_handoffs_total"), 0, "{m}");
+    assert_eq!(active(&p), 0);
+}
+
+fn bulk_after_a_half_close_moves_to_splice(driver: DriverChoice) {
+    // A request, the client's FIN, then a large response: the client's direction has ended
+    // when the bulk arrives, so the copy that takes over must not run it again.
+    let body = pattern(8 << 20);
+    let reply = body.clone();
+    let srv = server(move |mut s| {
+        let req = read_end(&mut s).unwrap();
+        assert_eq!(req, b"GET /big");
+        s.write_all(&reply).unwrap();
+    });
+    let p = start(driver, config(""), fixed(srv.addr));
+    let mut c = connect(p.outbound_addr());
+    c.write_all(b"GET /big").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let back = read_end(&mut c).unwrap();
+    assert!(back == body, "{} of {} bytes, or different", back.len(), body.len());
+    expect_closed(&p, Direction::Outbound, Outcome::Ok, 1);
+    let m = p.metrics();
+    let spliced = metric_in(&m, "ringmesh_copy_bytes_total{method=\"splice\"}");
+    assert!(spliced > (4 << 20), "the bulk was spliced: {m}");
+    let handoffs = metric_in(&m, "ringmesh_copy_ring_handoffs_total");
+    let want = u64::from(driver == DriverChoice::Uring);
+    assert_eq!(handoffs, want, "{m}");
+    assert_eq!(active(&p), 0);
+}
+
+fn slow_upstream_reader_loses_nothing(driver: DriverChoice) {
+    // The client writes faster than the upstream reads, in small pieces: the proxy holds
+    // what it received, pauses, and delivers every byte in order.
+    let data = pattern(3 << 20);
+    let want = data.clone();
+    let (tx, rx) = mpsc::channel();
+    let srv = server(move |mut s| {
+        let mut got = Vec::new();
+        let mut buf = [0; 3000];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+        s.write_all(b"done").unwrap();
+        tx.send(got).unwrap();
+    });
+    let p = start(driver, config(""), fixed(srv.addr));
+    let mut c = connect(p.outbound_addr());
+    c.set_nodelay(true).unwrap();
+    for piece in data.chunks(1500) {
+        c.write_all(piece).unwrap();
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_end(&mut c).unwrap(), b"done");
+    let got = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(got == want, "{} of {} bytes, or different", got.len(), want.len());
+    expect_closed(&p, Direction::Outbound, Outcome::Ok, 1);
+    assert_eq!(active(&p), 0);
 }

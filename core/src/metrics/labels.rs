@@ -128,6 +128,8 @@ label_enum!(
         Splice => "splice",
         /// Through a user-space buffer.
         Buffer => "buffer",
+        /// Received into and sent from the worker's own io_uring's provided buffers.
+        Ring => "ring",
         /// Sealed or opened by TLS in user space.
         Tls => "tls",
     }

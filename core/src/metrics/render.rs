@@ -28,6 +28,8 @@ pub struct ProcessInfo {
     pub workers_pinned: bool,
     /// New connections go to the worker on the CPU that received them.
     pub workers_steered: bool,
+    /// Workers whose plaintext copy runs on their own io_uring.
+    pub workers_owned_ring: usize,
     pub config: ConfigInfo,
     pub config_reloads_ok: u64,
     pub config_reloads_rejected: u64,
@@ -247,6 +249,12 @@ fn process(o: &mut Out, workers: &[WorkerStats], info: &ProcessInfo) {
         &[],
         u8::from(info.workers_steered),
     );
+    o.family(
+        "ringmesh_workers_owned_ring",
+        "gauge",
+        "Workers whose plaintext copy runs on an io_uring of their own (multishot receives into provided buffers); 0 on the epoll driver or with --no-owned-ring.",
+    );
+    o.sample("ringmesh_workers_owned_ring", &[], info.workers_owned_ring);
     o.family(
         "ringmesh_worker_connections_accepted_total",
         "counter",
@@ -727,7 +735,7 @@ fn connections(o: &mut Out, workloads: &[WorkloadMetrics<'_>]) {
     o.family(
         "ringmesh_copy_bytes_total",
         "counter",
-        "Bytes moved, by how they moved: spliced (zero-copy), through a buffer, or through TLS.",
+        "Bytes moved, by how they moved: spliced (zero-copy), through a buffer, through the worker's own io_uring's buffers, or through TLS.",
     );
     for w in workloads {
         for m in CopyMethod::ALL {
@@ -749,6 +757,30 @@ fn connections(o: &mut Out, workloads: &[WorkloadMetrics<'_>]) {
             "ringmesh_copy_splice_switches_total",
             &[("workload", w.key)],
             sum(w, |s| s.copy_switches.get()),
+        );
+    }
+    o.family(
+        "ringmesh_copy_ring_handoffs_total",
+        "counter",
+        "Auto-copy connections on the worker's own io_uring that moved bulk and went on with the splice copy.",
+    );
+    for w in workloads {
+        o.sample(
+            "ringmesh_copy_ring_handoffs_total",
+            &[("workload", w.key)],
+            sum(w, |s| s.ring_handoffs.get()),
+        );
+    }
+    o.family(
+        "ringmesh_copy_ring_starved_total",
+        "counter",
+        "Receives on the worker's own io_uring that found every provided buffer in use and waited for one.",
+    );
+    for w in workloads {
+        o.sample(
+            "ringmesh_copy_ring_starved_total",
+            &[("workload", w.key)],
+            sum(w, |s| s.ring_starved.get()),
         );
     }
     o.family(

@@ -175,6 +175,8 @@ pub struct WorkerShard {
     pub(crate) copies: [Counter; CopyKind::COUNT],
     pub(crate) copy_bytes: [Counter; CopyMethod::COUNT],
     pub(crate) copy_switches: Counter,
+    pub(crate) ring_handoffs: Counter,
+    pub(crate) ring_starved: Counter,
     pub(crate) splice_fallbacks: Counter,
     pub(crate) accept_errors: [Counter; AcceptError::COUNT],
     /// Access-policy refusals by source SPIFFE ID (`none`: a peer without one).
@@ -199,6 +201,8 @@ impl Default for WorkerShard {
             copies: Default::default(),
             copy_bytes: Default::default(),
             copy_switches: Counter::default(),
+            ring_handoffs: Counter::default(),
+            ring_starved: Counter::default(),
             splice_fallbacks: Counter::default(),
             accept_errors: Default::default(),
             denied_sources: LabelTable::default(),
@@ -257,6 +261,16 @@ impl WorkerShard {
     /// A direction of an `auto` connection moved bulk and switched to splice.
     pub fn copy_switched_to_splice(&self) {
         self.copy_switches.inc();
+    }
+
+    /// A connection on the worker's own ring moved bulk and went on with the splice copy.
+    pub fn ring_handoff(&self) {
+        self.ring_handoffs.inc();
+    }
+
+    /// A receive on the worker's own ring found no free buffer and waited for one.
+    pub fn ring_starved(&self) {
+        self.ring_starved.inc();
     }
 
     /// A read that would have spliced went through a buffer: no pipe could be had.

@@ -253,5 +253,5 @@ pub(crate) async fn bidirectional(
         tls_side,
         cx,
     );
-    crate::duplex::duplex(down, up, seal, open, cx, closing).await
+    crate::duplex::duplex(down, up, seal, open, cx, closing, [false; 2]).await
 }

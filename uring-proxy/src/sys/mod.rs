@@ -4,7 +4,8 @@
 //!
 //! Readiness comes from the runtime (an io_uring poll or epoll); the bytes then move with
 //! non-blocking `splice(2)`, `recv(2)` and `send(2)` here. io_uring's own splice op would park
-//! a kernel worker thread per pending splice (see DESIGN.md), so it is not used.
+//! a kernel worker thread per pending splice (see DESIGN.md), so it is not used. The worker's
+//! own ring, for the plaintext copy of small messages, is in [`ring`].
 
 use std::io;
 use std::marker::PhantomData;
@@ -15,6 +16,8 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags};
 use nix::sys::socket::{MsgFlags, SockaddrIn, SockaddrIn6};
 use socket2::SockRef;
+
+pub mod ring;
 
 fn io(e: Errno) -> io::Error {
     io::Error::from(e)
@@ -73,6 +76,15 @@ pub fn set_nonblocking_accepted(fd: FdRef<'_>) -> io::Result<()> {
     nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
         .map(drop)
         .map_err(io)
+}
+
+/// Shuts the write side of a socket the caller keeps open (`ring_copy` holds its sockets by
+/// number while monoio owns them). A peer that already closed both ways is not an error.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    match nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write) {
+        Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// A socket's local address (`getsockname`).

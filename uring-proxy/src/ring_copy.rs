@@ -1,0 +1,714 @@
+//! The plaintext copy on the worker's own io_uring (issue 12's first lever): one multishot
+//! receive per socket into a ring of provided buffers, so a message costs one completion
+//! instead of a poll, a wake-up and a `recv`; the send of it goes to the kernel in the same
+//! `io_uring_enter` as every other operation queued in that turn. monoio 0.2.4 exposes
+//! neither multishot receives nor provided buffers, so the worker keeps a second ring
+//! (`sys::ring`) beside monoio's, and one task ([`RingCopy::run`]) reaps it each time its
+//! eventfd fires.
+//!
+//! It carries `copy: auto` connections on the io_uring driver while their messages are
+//! small. A direction that receives [`BULK_BYTES`] in one reaping turn had that much waiting
+//! in its socket at once, which is what the buffered copy's switch means by bulk (one read
+//! filling its 64 KiB buffer): both receives are cancelled, what was received is sent, and
+//! the connection goes on with the splice copy in `copy`, which is faster for bulk
+//! (perf/ANALYSIS.md). A connection never returns to the ring.
+//!
+//! Operations name their connection by slot and generation, never by pointer. A connection
+//! that ends for any reason (done, failed, idle, drained, its task dropped) cancels every
+//! operation on its sockets and submits the cancellation before its owner closes them: a
+//! queued operation names a descriptor number, which a new socket may reuse. The slot
+//! itself is freed when its last completion has arrived, and only then do its buffers go
+//! back.
+//!
+//! An idle connection holds no buffer: a multishot receive takes one only when bytes
+//! arrive. A direction holding [`MAX_QUEUED`] buffers its destination has not taken pauses
+//! its receive, so one slow reader cannot take the whole pool from the others.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use monoio::net::TcpStream;
+use ringmesh_core::metrics::{CopyMethod, Direction, Side};
+use slab::Slab;
+
+use crate::duplex::{CopyEnd, reset};
+use crate::idle::{Expired, Toucher};
+use crate::sys::{self, ring::Ring};
+use crate::workload::Workload;
+
+/// Size of a provided buffer.
+pub(crate) const BUF_SIZE: u32 = 16 * 1024;
+/// Provided buffers per worker (8 MiB of address space; a page costs memory only once
+/// something was received into it).
+const BUFFERS: u16 = 512;
+const GROUP: u16 = 0;
+const RING_ENTRIES: u32 = 1024;
+/// Buffers one direction may hold, received and not yet sent, before its receive pauses.
+pub(crate) const MAX_QUEUED: usize = 8;
+/// Bytes received by one direction in one reaping turn that make it bulk (the buffered
+/// copy's own switch to splice is one 64 KiB read that fills its buffer).
+pub(crate) const BULK_BYTES: u32 = 64 * 1024;
+
+// Operation kinds, in the low byte of the user data: receive or send, plus the direction.
+const RECV: u64 = 0;
+const SEND: u64 = 2;
+
+/// User data: slot (32 bits), generation (24 bits), operation (8 bits).
+fn user(key: usize, generation: u32, op: u64) -> u64 {
+    ((key as u64) << 32) | (u64::from(generation & 0xff_ffff) << 8) | op
+}
+
+fn split(user: u64) -> (usize, u32, u64) {
+    (
+        (user >> 32) as usize,
+        ((user >> 8) & 0xff_ffff) as u32,
+        user & 0xff,
+    )
+}
+
+/// Where a connection's bytes are counted, from the reaping task.
+pub(crate) struct Account {
+    pub workload: Arc<Workload>,
+    pub worker: usize,
+    pub dir: Direction,
+    pub idle: Toucher,
+}
+
+impl Account {
+    fn moved(&self, from: Side, n: u32) {
+        self.idle.touch();
+        self.workload.shards[self.worker].bytes(self.dir, from, CopyMethod::Ring, u64::from(n));
+    }
+}
+
+/// One direction: bytes received from `fds[d]`, sent to `fds[1 - d]`.
+#[derive(Debug, Default)]
+struct Half {
+    /// Received buffers not yet fully sent: (buffer, sent so far, length).
+    queue: VecDeque<(u16, u32, u32)>,
+    /// A multishot receive is in flight.
+    armed: bool,
+    /// Its cancellation was asked for.
+    cancelling: bool,
+    /// A send is in flight.
+    sending: bool,
+    /// The source reached end of stream.
+    eof: bool,
+    /// The destination's write side was shut after the last byte.
+    shut: bool,
+    /// The receive stopped for want of a free buffer and waits for one.
+    starved: bool,
+    /// The reaping turn of the last receive, and the bytes received in it.
+    run_turn: u32,
+    run_bytes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Copying,
+    /// A direction moved bulk: the receives are cancelled, what is queued is sent.
+    HandingOff,
+    /// One side failed (the side, the errno); every operation is cancelled.
+    Failed(Side, i32),
+    /// The connection's future is gone; the slot waits for its last completions.
+    Orphan,
+}
+
+struct Slot {
+    generation: u32,
+    fds: [RawFd; 2],
+    halves: [Half; 2],
+    /// Operations queued or in flight (a multishot receive counts once).
+    inflight: u32,
+    state: State,
+    /// Every operation on the sockets was cancelled.
+    cancelled: bool,
+    waker: Option<Waker>,
+    account: Account,
+}
+
+/// How a connection on the ring ended, or that it goes on with the splice copy.
+#[derive(Debug)]
+pub(crate) enum RingEnd {
+    Ended(CopyEnd),
+    /// Bulk: the copy goes on elsewhere; a direction marked `true` already reached end of
+    /// stream and was passed on.
+    Handoff([bool; 2]),
+}
+
+/// What a slot's future sees when it is polled.
+enum Seen {
+    Going,
+    Done,
+    Handoff([bool; 2]),
+    Failed(Side, i32),
+}
+
+struct Inner {
+    ring: Ring,
+    slots: Slab<Slot>,
+    /// Halves whose receive waits for a free buffer: (slot, generation, direction).
+    starved: VecDeque<(usize, u32, usize)>,
+    generation: u32,
+    /// Reaping turns so far (wrapping).
+    turn: u32,
+    completions: Vec<sys::ring::Completion>,
+    wake: Vec<Waker>,
+}
+
+/// A worker's owned ring and the connections on it.
+pub(crate) struct RingCopy {
+    inner: RefCell<Inner>,
+}
+
+impl std::fmt::Debug for RingCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingCopy").finish_non_exhaustive()
+    }
+}
+
+fn side_of(d: usize) -> Side {
+    if d == 0 {
+        Side::Downstream
+    } else {
+        Side::Upstream
+    }
+}
+
+impl RingCopy {
+    /// The worker's ring; an error means this kernel or sandbox refuses it, and the worker
+    /// copies without it.
+    pub(crate) fn new() -> io::Result<Self> {
+        let ring = Ring::new(RING_ENTRIES, BUFFERS, BUF_SIZE, GROUP)?;
+        Ok(Self {
+            inner: RefCell::new(Inner {
+                ring,
+                slots: Slab::new(),
+                starved: VecDeque::new(),
+                generation: 0,
+                turn: 0,
+                completions: Vec::with_capacity(256),
+                wake: Vec::new(),
+            }),
+        })
+    }
+
+    /// Reaps the ring each time its eventfd fires, for as long as the worker runs.
+    pub(crate) async fn run(self: Rc<Self>) {
+        let file = match self
+            .inner
+            .borrow()
+            .ring
+            .eventfd()
+            .and_then(monoio::fs::File::from_std)
+        {
+            Ok(f) => f,
+            Err(e) => panic!("cannot read the copy ring's eventfd: {e}"),
+        };
+        let mut buf = vec![0u8; 8];
+        loop {
+            let (r, b) = file.read_at(buf, 0).await;
+            buf = b;
+            if let Err(e) = r {
+                // Connections on the ring would hang: the process must restart instead.
+                panic!("reading the copy ring's eventfd failed: {e}");
+            }
+            self.turn();
+        }
+    }
+
+    /// Handles every completion that is ready, submits what that queued, and wakes the
+    /// connections whose state changed.
+    fn turn(&self) {
+        let wake = {
+            let mut inner = self.inner.borrow_mut();
+            let inner = &mut *inner;
+            inner.turn = inner.turn.wrapping_add(1);
+            loop {
+                inner.ring.reap(&mut inner.completions);
+                if inner.completions.is_empty() {
+                    break;
+                }
+                let mut done = std::mem::take(&mut inner.completions);
+                for (u, res, flags) in done.drain(..) {
+                    inner.complete(u, res, flags);
+                }
+                inner.completions = done;
+                inner.submit();
+            }
+            std::mem::take(&mut inner.wake)
+        };
+        for w in wake {
+            w.wake();
+        }
+    }
+
+    /// Starts copying between `down` and `up`; `None` if the ring cannot take the
+    /// connection now (the caller copies it the other way).
+    fn open(&self, down: RawFd, up: RawFd, account: Account) -> Option<(usize, u32)> {
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        if inner.slots.vacant_key() > u32::MAX as usize {
+            return None;
+        }
+        inner.generation = inner.generation.wrapping_add(1);
+        let generation = inner.generation;
+        let key = inner.slots.insert(Slot {
+            generation,
+            fds: [down, up],
+            halves: Default::default(),
+            inflight: 0,
+            state: State::Copying,
+            cancelled: false,
+            waker: None,
+            account,
+        });
+        inner.arm(key, 0);
+        inner.arm(key, 1);
+        inner.submit();
+        if matches!(inner.slots[key].state, State::Failed(..)) {
+            inner.release(key, generation);
+            return None;
+        }
+        Some((key, generation))
+    }
+
+    fn poll_slot(&self, key: usize, generation: u32, waker: &Waker) -> Seen {
+        let mut inner = self.inner.borrow_mut();
+        let Some(slot) = inner.slots.get_mut(key).filter(|s| s.generation == generation) else {
+            return Seen::Failed(Side::Internal, libc::EINVAL);
+        };
+        let seen = slot.seen();
+        if matches!(seen, Seen::Going) {
+            match &mut slot.waker {
+                Some(w) => w.clone_from(waker),
+                None => slot.waker = Some(waker.clone()),
+            }
+        }
+        seen
+    }
+
+    fn release(&self, key: usize, generation: u32) {
+        self.inner.borrow_mut().release(key, generation);
+    }
+}
+
+impl Slot {
+    fn seen(&self) -> Seen {
+        match self.state {
+            State::Failed(side, errno) => Seen::Failed(side, errno),
+            State::Orphan => Seen::Failed(Side::Internal, libc::EINVAL),
+            State::HandingOff => {
+                let idle = self
+                    .halves
+                    .iter()
+                    .all(|h| !h.armed && !h.sending && h.queue.is_empty());
+                if idle {
+                    Seen::Handoff([self.halves[0].shut, self.halves[1].shut])
+                } else {
+                    Seen::Going
+                }
+            }
+            State::Copying => {
+                if self.halves.iter().all(|h| h.shut) {
+                    Seen::Done
+                } else {
+                    Seen::Going
+                }
+            }
+        }
+    }
+
+    fn wake(&mut self, out: &mut Vec<Waker>) {
+        if !matches!(self.seen(), Seen::Going)
+            && let Some(w) = self.waker.take()
+        {
+            out.push(w);
+        }
+    }
+}
+
+impl Inner {
+    fn submit(&mut self) {
+        if let Err(e) = self.ring.submit() {
+            // Every queued operation stays queued and goes with the next submit; a ring that
+            // refuses submissions is broken for good, so say it.
+            tracing::error!(error = %e, "io_uring submit on the copy ring failed");
+        }
+    }
+
+    /// Arms direction `d`'s receive if it should be running.
+    fn arm(&mut self, key: usize, d: usize) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        let h = &slot.halves[d];
+        if slot.state != State::Copying
+            || h.armed
+            || h.eof
+            || h.starved
+            || h.queue.len() >= MAX_QUEUED
+        {
+            return;
+        }
+        let u = user(key, slot.generation, RECV + d as u64);
+        match self.ring.recv_multi(slot.fds[d], u) {
+            Ok(()) => {
+                slot.inflight += 1;
+                slot.halves[d].armed = true;
+            }
+            Err(e) => self.fail(key, Side::Internal, e.raw_os_error().unwrap_or(libc::EIO)),
+        }
+    }
+
+    /// Sends direction `d`'s next queued buffer, or passes its end of stream on.
+    fn pump(&mut self, key: usize, d: usize) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        if !matches!(slot.state, State::Copying | State::HandingOff) {
+            return;
+        }
+        let to = slot.fds[1 - d];
+        let generation = slot.generation;
+        let h = &mut slot.halves[d];
+        if h.sending {
+            return;
+        }
+        if let Some(&(bid, off, len)) = h.queue.front() {
+            match self
+                .ring
+                .send(to, bid, off, len - off, user(key, generation, SEND + d as u64))
+            {
+                Ok(()) => {
+                    h.sending = true;
+                    slot.inflight += 1;
+                }
+                Err(e) => self.fail(key, Side::Internal, e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+            return;
+        }
+        if h.eof && !h.armed && !h.shut {
+            h.shut = true;
+            if let Err(e) = sys::shutdown_write(to) {
+                self.fail(
+                    key,
+                    side_of(1 - d),
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                );
+            }
+        }
+    }
+
+    /// One side failed: every operation on the connection is cancelled and its future woken.
+    fn fail(&mut self, key: usize, side: Side, errno: i32) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        if matches!(slot.state, State::Failed(..) | State::Orphan) {
+            return;
+        }
+        slot.state = State::Failed(side, errno);
+        self.cancel_all(key);
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.wake(&mut self.wake);
+        }
+    }
+
+    fn cancel_all(&mut self, key: usize) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        if slot.cancelled || slot.inflight == 0 {
+            return;
+        }
+        slot.cancelled = true;
+        for fd in slot.fds {
+            if let Err(e) = self.ring.cancel_fd(fd) {
+                tracing::error!(error = %e, "cannot cancel copy-ring operations");
+            }
+        }
+    }
+
+    /// The connection's future is done with the slot: free it, or cancel what is in flight
+    /// and free it when the last completion comes. Submits at once, before the caller closes
+    /// the sockets.
+    fn release(&mut self, key: usize, generation: u32) {
+        let Some(slot) = self.slots.get_mut(key).filter(|s| s.generation == generation) else {
+            return;
+        };
+        slot.state = State::Orphan;
+        slot.waker = None;
+        if slot.inflight == 0 {
+            self.free(key);
+            return;
+        }
+        self.cancel_all(key);
+        self.submit();
+    }
+
+    fn free(&mut self, key: usize) {
+        let slot = self.slots.remove(key);
+        for (bid, _, _) in slot.halves.into_iter().flat_map(|h| h.queue) {
+            self.ring.provide(bid);
+        }
+        self.refill();
+    }
+
+    /// Hands a buffer back to the kernel and restarts receives that waited for one.
+    fn give_back(&mut self, bid: u16) {
+        self.ring.provide(bid);
+        self.refill();
+    }
+
+    /// Re-arms receives that stopped for want of buffers.
+    fn refill(&mut self) {
+        while let Some((key, generation, d)) = self.starved.pop_front() {
+            let Some(slot) = self
+                .slots
+                .get_mut(key)
+                .filter(|s| s.generation == generation)
+            else {
+                continue;
+            };
+            slot.halves[d].starved = false;
+            self.arm(key, d);
+        }
+    }
+
+    fn complete(&mut self, u: u64, res: i32, flags: u32) {
+        if u == sys::ring::CANCEL {
+            return;
+        }
+        let (key, generation, op) = split(u);
+        let known = self
+            .slots
+            .get(key)
+            .is_some_and(|s| s.generation & 0xff_ffff == generation);
+        if !known {
+            // A slot is freed only after its last completion: nothing should land here, and
+            // a stray buffer must still go back.
+            if let Some(bid) = sys::ring::buffer_id(flags) {
+                self.give_back(bid);
+            }
+            return;
+        }
+        let d = (op & 1) as usize;
+        if op & !1 == RECV {
+            self.received(key, d, res, flags);
+        } else {
+            self.sent(key, d, res);
+        }
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        if slot.state == State::Orphan {
+            if slot.inflight == 0 {
+                self.free(key);
+            }
+            return;
+        }
+        self.pump(key, d);
+        self.arm(key, d);
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.wake(&mut self.wake);
+        }
+    }
+
+    fn received(&mut self, key: usize, d: usize, res: i32, flags: u32) {
+        let more = sys::ring::more(flags);
+        let bid = sys::ring::buffer_id(flags);
+        let slot = &mut self.slots[key];
+        if !more {
+            slot.inflight -= 1;
+            slot.halves[d].armed = false;
+            slot.halves[d].cancelling = false;
+        }
+        let live = matches!(slot.state, State::Copying | State::HandingOff);
+        if res > 0 {
+            let Some(bid) = bid else {
+                self.fail(key, Side::Internal, libc::EIO);
+                return;
+            };
+            if !live {
+                self.give_back(bid);
+                return;
+            }
+            let n = res as u32;
+            slot.account.moved(side_of(d), n);
+            let h = &mut slot.halves[d];
+            h.queue.push_back((bid, 0, n));
+            if h.run_turn != self.turn {
+                h.run_turn = self.turn;
+                h.run_bytes = 0;
+            }
+            h.run_bytes = h.run_bytes.saturating_add(n);
+            let bulk = h.run_bytes >= BULK_BYTES && slot.state == State::Copying;
+            let pause = h.queue.len() >= MAX_QUEUED && h.armed && !h.cancelling;
+            if bulk {
+                slot.state = State::HandingOff;
+                slot.account.workload.shards[slot.account.worker].ring_handoff();
+                for d in 0..2 {
+                    self.cancel_recv(key, d);
+                }
+            } else if pause {
+                self.cancel_recv(key, d);
+            }
+            return;
+        }
+        if let Some(bid) = bid {
+            self.give_back(bid);
+        }
+        let slot = &mut self.slots[key];
+        match -res {
+            0 => slot.halves[d].eof = true,
+            libc::ENOBUFS if live => {
+                slot.halves[d].starved = true;
+                slot.account.workload.shards[slot.account.worker].ring_starved();
+                let generation = slot.generation;
+                self.starved.push_back((key, generation, d));
+            }
+            libc::ECANCELED | libc::ENOBUFS => {}
+            errno if live => self.fail(key, side_of(d), errno),
+            _ => {}
+        }
+    }
+
+    /// Asks the kernel to stop direction `d`'s receive (bulk handoff, or a full queue).
+    fn cancel_recv(&mut self, key: usize, d: usize) {
+        let slot = &mut self.slots[key];
+        let h = &mut slot.halves[d];
+        if !h.armed || h.cancelling {
+            return;
+        }
+        h.cancelling = true;
+        let u = user(key, slot.generation, RECV + d as u64);
+        if let Err(e) = self.ring.cancel(u) {
+            self.fail(key, Side::Internal, e.raw_os_error().unwrap_or(libc::EIO));
+        }
+    }
+
+    fn sent(&mut self, key: usize, d: usize, res: i32) {
+        let slot = &mut self.slots[key];
+        slot.inflight -= 1;
+        let live = matches!(slot.state, State::Copying | State::HandingOff);
+        let h = &mut slot.halves[d];
+        h.sending = false;
+        if res <= 0 {
+            if live {
+                let errno = if res == 0 { libc::EPIPE } else { -res };
+                self.fail(key, side_of(1 - d), errno);
+            }
+            return;
+        }
+        let Some(front) = h.queue.front_mut() else {
+            return;
+        };
+        front.1 += res as u32;
+        if front.1 >= front.2 {
+            let bid = front.0;
+            h.queue.pop_front();
+            self.give_back(bid);
+        }
+    }
+}
+
+/// Copies both ways between two plaintext sockets on the worker's ring until both sides
+/// close, one fails, the connection idles out, `closing` completes, or a direction moves
+/// bulk; `None` when the ring cannot take the connection.
+pub(crate) fn bidirectional<'a, C: Future<Output = ()>>(
+    ring: &'a RingCopy,
+    down: &'a TcpStream,
+    up: &'a TcpStream,
+    account: Account,
+    idle: Expired<'a>,
+    closing: C,
+) -> Option<RingRelay<'a, C>> {
+    let (key, generation) = ring.open(down.as_raw_fd(), up.as_raw_fd(), account)?;
+    Some(RingRelay {
+        ring,
+        key,
+        generation,
+        idle,
+        closing,
+        down,
+        up,
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// The future [`bidirectional`] returns; dropping it ends the connection's use of the
+    /// ring (its operations are cancelled before the sockets can close).
+    pub(crate) struct RingRelay<'a, C> {
+        ring: &'a RingCopy,
+        key: usize,
+        generation: u32,
+        idle: Expired<'a>,
+        #[pin]
+        closing: C,
+        down: &'a TcpStream,
+        up: &'a TcpStream,
+    }
+
+    impl<'a, C> PinnedDrop for RingRelay<'a, C> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            this.ring.release(*this.key, *this.generation);
+        }
+    }
+}
+
+impl<C: Future<Output = ()>> Future for RingRelay<'_, C> {
+    type Output = RingEnd;
+
+    fn poll(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<RingEnd> {
+        let this = self.project();
+        match this.ring.poll_slot(*this.key, *this.generation, task.waker()) {
+            Seen::Going => {}
+            Seen::Done => return Poll::Ready(RingEnd::Ended(CopyEnd::Done)),
+            Seen::Handoff(done) => return Poll::Ready(RingEnd::Handoff(done)),
+            Seen::Failed(side, errno) => {
+                reset(if side == Side::Downstream {
+                    this.up
+                } else {
+                    this.down
+                });
+                return Poll::Ready(RingEnd::Ended(CopyEnd::Failed {
+                    side,
+                    error: io::Error::from_raw_os_error(errno),
+                }));
+            }
+        }
+        if Pin::new(this.idle).poll(task).is_ready() {
+            return Poll::Ready(RingEnd::Ended(CopyEnd::Idle));
+        }
+        if this.closing.poll(task).is_ready() {
+            reset(this.down);
+            reset(this.up);
+            return Poll::Ready(RingEnd::Ended(CopyEnd::Closed));
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for (key, generation, op) in [(0, 1, RECV), (7, 0xff_ffff, SEND + 1), (1 << 31, 5, 1)] {
+            assert_eq!(split(user(key, generation, op)), (key, generation, op));
+        }
+        // The generation wraps at 24 bits, and the reaper compares only those.
+        assert_eq!(split(user(3, 0x0100_0002, RECV)).1, 2);
+        assert_ne!(user(0, 0, RECV), sys::ring::CANCEL);
+    }
+}
