@@ -27,8 +27,9 @@
 #               --no-pin, and --steer-by-cpu (pinned, each connection to the worker on the
 #               CPU that received it). With LEVERS=1 also: ring-ceiling (bench's
 #               owned-io_uring forwarder, the ceiling of that lever), uring-buffered (copy:
-#               buffered) and uring-sockmap (the same, with perf/sockmap's programs moving the
-#               bytes between the client and the proxy; both run in a cgroup of their own).
+#               buffered), uring-sockmap (the same, with perf/sockmap's programs moving the
+#               bytes between the client and the proxy; both run in a cgroup of their own)
+#               and uring-noring (the default with --no-owned-ring: the owned ring's A/B).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -186,6 +187,7 @@ uring_conf 127.0.3.4 15060 auto >"$OUT/uring-fair-unpinned.yaml"
 uring_conf 127.0.3.5 15070 auto >"$OUT/uring-fair-steered.yaml"
 uring_conf 127.0.3.7 15090 buffered >"$OUT/uring-fair-buffered.yaml"
 uring_conf 127.0.3.8 15100 buffered >"$OUT/uring-fair-sockmap.yaml"
+uring_conf 127.0.3.9 15110 auto >"$OUT/uring-fair-noring.yaml"
 for port in 9000 9001 9002; do
   in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.1 --dport "$port" -j REDIRECT --to-ports "$((port + 4000))"
   in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.2 --dport "$port" -j REDIRECT --to-ports "$((port + 5000))"
@@ -197,6 +199,7 @@ if [[ $LEVERS == 1 ]]; then
   in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.6 -j REDIRECT --to-ports 15081
   in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.7 -j REDIRECT --to-ports 15091
   in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.8 -j REDIRECT --to-ports 15101
+  in_ns iptables -t nat -A OUTPUT -p tcp -d 127.0.3.9 -j REDIRECT --to-ports 15111
   "$here/sockmap/load.sh" up "$OUT" "$SOCKMAP_CG" 15101 127.0.3.8
 fi
 grep -q ':1300[0-2] ' "$OUT/nginx-fair.conf" && grep -q ':1400[0-2]$' "$OUT/haproxy-fair.cfg" ||
@@ -231,7 +234,7 @@ spawn "$OUT/uring-fair-steered.log" "$ALL_CPUS" "$bin/uring-proxy" --config "$OU
 CPIDS[fair-uring-steered]=$LAST_PID
 # In the fair scenarios, every contender but direct is dialled at its NAT address.
 FAIR_CONTENDERS=(direct uring uring-unpinned uring-steered nginx haproxy)
-declare -A FAIR_HOST=([direct]=127.0.0.1 [nginx]=127.0.3.1 [haproxy]=127.0.3.2 [uring]=127.0.3.3 [uring-unpinned]=127.0.3.4 [uring-steered]=127.0.3.5 [ring-ceiling]=127.0.3.6 [uring-buffered]=127.0.3.7 [uring-sockmap]=127.0.3.8)
+declare -A FAIR_HOST=([direct]=127.0.0.1 [nginx]=127.0.3.1 [haproxy]=127.0.3.2 [uring]=127.0.3.3 [uring-unpinned]=127.0.3.4 [uring-steered]=127.0.3.5 [ring-ceiling]=127.0.3.6 [uring-buffered]=127.0.3.7 [uring-sockmap]=127.0.3.8 [uring-noring]=127.0.3.9)
 # in_cgroup CG CMD...: CMD in cgroup CG (joined before `ip netns exec`, which hides
 # /sys/fs/cgroup behind a fresh sysfs; children inherit it).
 in_cgroup() {
@@ -249,7 +252,9 @@ if [[ $LEVERS == 1 ]]; then
   in_cgroup "$SOCKMAP_CG" ip netns exec "$NS" taskset -c "$ALL_CPUS" "$bin/uring-proxy" --config "$OUT/uring-fair-sockmap.yaml" --workers "$FAIR_WORKERS" >"$OUT/uring-fair-sockmap.log" 2>&1 &
   PIDS+=($!)
   CPIDS[fair-uring-sockmap]=$!
-  FAIR_CONTENDERS+=(ring-ceiling uring-buffered uring-sockmap)
+  spawn "$OUT/uring-fair-noring.log" "$ALL_CPUS" "$bin/uring-proxy" --config "$OUT/uring-fair-noring.yaml" --workers "$FAIR_WORKERS" --no-owned-ring
+  CPIDS[fair-uring-noring]=$LAST_PID
+  FAIR_CONTENDERS+=(ring-ceiling uring-buffered uring-sockmap uring-noring)
 fi
 if [[ -n $FAIR_ONLY ]]; then
   picked=()
@@ -453,9 +458,9 @@ fi
   echo
   echo "Everything runs on loopback in one network namespace. The load generator (\`mesh-bench\`, $load_threads thread(s)) and the backends share CPU(s) $LOAD_CPUS; the contender under test runs on CPU(s) $PROXY_CPUS with $WORKERS worker(s) (nginx: worker_processes, haproxy: nbthread, uring-proxy: --workers). All contenders are running all the time but only the one under test has traffic. With one core for the generator and backend, **direct** is bounded by that core, while a proxy adds a second core of its own: a ratio to direct above 1 is possible and says the generator core, not the proxy, is the limit. Compare proxies with each other first."
   echo
-  echo "**The fair layout** (the **fair-*** scenarios, interleaved with the others in every round): every contender runs $FAIR_WORKERS worker(s) on all $(nproc) CPUs (nginx: worker_processes, haproxy: nbthread), the generator and the backends stay pinned to CPU(s) $LOAD_CPUS and so share a core with one proxy worker, and every contender is reached the same way: the client dials an address that an iptables NAT REDIRECT sends to the contender's port (127.0.3.1 to nginx, 127.0.3.2 to haproxy, 127.0.3.3 to 127.0.3.5 to uring-proxy's outbound listeners). **uring** is uring-proxy's default (one worker per CPU, each pinned), **uring-unpinned** the same with --no-pin, **uring-steered** the default with --steer-by-cpu (each connection to the worker on the CPU its SYN arrived on). With LEVERS=1 (127.0.3.6 to 127.0.3.8): **ring-ceiling** is bench's ring-ceiling, the smallest forwarder that owns its io_uring (multishot accept and recv into provided buffers; no routing, policy, metrics or timeouts), the ceiling of that lever; **uring-buffered** is the default with \`copy: buffered\`; **uring-sockmap** is uring-buffered with perf/sockmap/sockmap.c moving the bytes between the client's socket and the proxy's accepted socket (sock_ops + sk_msg in a cgroup that holds only that proxy and, while it is loaded, the generator).$( [[ $LEVERS == 1 ]] && echo " The sockmap programs redirected and passed these sends over the whole run: $("$here/sockmap/load.sh" stats "$OUT").") This is the layout a sidecar meets; the loopback one gives the proxy a core of its own."
+  echo "**The fair layout** (the **fair-*** scenarios, interleaved with the others in every round): every contender runs $FAIR_WORKERS worker(s) on all $(nproc) CPUs (nginx: worker_processes, haproxy: nbthread), the generator and the backends stay pinned to CPU(s) $LOAD_CPUS and so share a core with one proxy worker, and every contender is reached the same way: the client dials an address that an iptables NAT REDIRECT sends to the contender's port (127.0.3.1 to nginx, 127.0.3.2 to haproxy, 127.0.3.3 to 127.0.3.5 to uring-proxy's outbound listeners). **uring** is uring-proxy's default (one worker per CPU, each pinned), **uring-unpinned** the same with --no-pin, **uring-steered** the default with --steer-by-cpu (each connection to the worker on the CPU its SYN arrived on). With LEVERS=1 (127.0.3.6 to 127.0.3.9): **uring-noring** is the default with --no-owned-ring (the plaintext copy through monoio's polls and \`recv\`/\`send\` calls instead of the worker's own io_uring: the first lever's A/B); **ring-ceiling** is bench's ring-ceiling, the smallest forwarder that owns its io_uring (multishot accept and recv into provided buffers; no routing, policy, metrics or timeouts), the ceiling of that lever; **uring-buffered** is the default with \`copy: buffered\`; **uring-sockmap** is uring-buffered with perf/sockmap/sockmap.c moving the bytes between the client's socket and the proxy's accepted socket (sock_ops + sk_msg in a cgroup that holds only that proxy and, while it is loaded, the generator).$( [[ $LEVERS == 1 ]] && echo " The sockmap programs redirected and passed these sends over the whole run: $("$here/sockmap/load.sh" stats "$OUT").") This is the layout a sidecar meets; the loopback one gives the proxy a core of its own."
   echo
-  echo "uring-proxy runs on its real path: the client dials a service address (127.0.2.x), NAT REDIRECT sends it to the outbound listener, the proxy reads SO_ORIGINAL_DST, looks the service up and dials its endpoint. nginx and haproxy are plain TCP reverse proxies (no NAT). **uring** is the default (io_uring, \`copy: auto\`: buffered, switching a direction to splice once it moves bulk), **uring-splice** always splices, **uring-buffered** always copies through a 64 KiB buffer, **uring-epoll** is the epoll driver with the default copy."
+  echo "uring-proxy runs on its real path: the client dials a service address (127.0.2.x), NAT REDIRECT sends it to the outbound listener, the proxy reads SO_ORIGINAL_DST, looks the service up and dials its endpoint. nginx and haproxy are plain TCP reverse proxies (no NAT). **uring** is the default (io_uring, \`copy: auto\`: small messages on the worker's own io_uring, multishot receives into provided buffers, and a connection handed to the splice copy once a direction moves bulk), **uring-splice** always splices, **uring-buffered** always copies through a 64 KiB buffer, **uring-epoll** is the epoll driver with the default copy."
   echo
   echo "Scenarios: **http-keepalive** HTTP/1.1 GET, 64 B body, $CONNS keep-alive connections, closed loop (CPU/req is the contender's CPU time over the window ÷ requests); **http-rate** the same at a fixed $RATE req/s, open loop, latency from the intended send time; **tcp-conn** one 64 B request per connection, 16 at a time; **stream-1** one connection streaming into a sink; **tcp-rr-16k** 16 KiB request and response over 8 connections. **mesh-*** run pod-a -> veth -> pod-b (bench/testbed.sh) with no rules (direct) and with \`mesh-redirect\` plus a sidecar in each pod: **uring** with the defaults (plaintext between the sidecars, spliced), **uring-mtls** with SPIFFE identities from \`meshctl identity serve\` and mutual TLS 1.3 between the sidecars (strict inbound; every connection a full handshake, ECDSA P-256)."
 } >"$OUT/meta.md"
