@@ -64,34 +64,47 @@ impl Pools {
             .unwrap_or_else(|| vec![0; BUF_SIZE].into())
     }
 
+    /// Takes back a buffer; one of another size (the owned ring's leftovers) is freed.
     pub(crate) fn put_buf(&self, buf: Box<[u8]>) {
         let mut bufs = self.bufs.borrow_mut();
-        if bufs.len() < POOL_MAX {
+        if bufs.len() < POOL_MAX && buf.len() == BUF_SIZE {
             bufs.push(buf);
         }
     }
 }
 
+/// Where the owned ring left a connection it handed over: per direction (down to up, up to
+/// down), whether it already reached end of stream and passed it on, and the bytes it had
+/// received and not yet sent.
+#[derive(Debug, Default)]
+pub(crate) struct Resume {
+    pub done: [bool; 2],
+    pub pending: [Vec<u8>; 2],
+}
+
 /// Copies both ways between two plaintext sockets until both sides close, one fails, the
-/// connection idles out, or `closing` completes. A direction marked in `done` (down to up,
-/// up to down) already reached end of stream and passed it on (the owned ring's handoff).
+/// connection idles out, or `closing` completes, starting from `resume`.
 pub(crate) fn bidirectional<'a>(
     down: &'a TcpStream,
     up: &'a TcpStream,
     kind: CopyKind,
     cx: &'a CopyCx<'a>,
     closing: impl Future<Output = ()> + 'a,
-    done: [bool; 2],
+    resume: Resume,
 ) -> impl Future<Output = CopyEnd> + 'a {
+    let Resume {
+        done,
+        pending: [d2u_pending, u2d_pending],
+    } = resume;
     let d2u = duplex::direction(
-        Flow::new(down, up, kind, cx.pools),
+        Flow::new(down, up, kind, cx.pools).with_pending(d2u_pending),
         down,
         up,
         Side::Downstream,
         cx,
     );
     let u2d = duplex::direction(
-        Flow::new(up, down, kind, cx.pools),
+        Flow::new(up, down, kind, cx.pools).with_pending(u2d_pending),
         up,
         down,
         Side::Upstream,
@@ -165,6 +178,19 @@ impl<'a> Flow<'a> {
             adaptive: kind == CopyKind::Auto,
             in_flight: InFlight::Nothing,
         }
+    }
+
+    /// Starts with `bytes` to write before anything is read (the owned ring's leftovers).
+    fn with_pending(mut self, bytes: Vec<u8>) -> Self {
+        if !bytes.is_empty() {
+            let end = small(bytes.len());
+            self.in_flight = InFlight::Buf {
+                buf: bytes.into_boxed_slice(),
+                start: 0,
+                end,
+            };
+        }
+        self
     }
 }
 

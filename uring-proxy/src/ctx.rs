@@ -11,9 +11,9 @@ use ringmesh_core::metrics::{Direction, Outcome, WorkerShard, WorkerStats};
 
 use crate::copy::Pools;
 use crate::driver::DriverKind;
-use crate::ring_copy::RingCopy;
 use crate::idle::IdleTracker;
 use crate::orig_dst::OrigDstSource;
+use crate::ring_copy::RingCopy;
 use crate::signal::LocalSignal;
 use crate::state::Shared;
 use crate::tls::ClientConfigs;

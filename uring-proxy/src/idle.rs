@@ -127,7 +127,9 @@ pub(crate) struct Toucher {
 impl Toucher {
     #[inline]
     pub(crate) fn touch(&self) {
-        let ms = Instant::now().saturating_duration_since(self.epoch).as_millis();
+        let ms = Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis();
         self.activity
             .last_ms
             .set(u64::try_from(ms).unwrap_or(u64::MAX));

@@ -17,10 +17,10 @@ use crate::connect::{self, ConnectError};
 use crate::copy;
 use crate::ctx::{ConnRecord, WorkerCtx};
 use crate::duplex::{CopyCx, CopyEnd};
-use crate::idle::IdleHandle;
-use crate::ring_copy::{self, RingEnd};
 use crate::error::{Cause, Stop};
+use crate::idle::IdleHandle;
 use crate::orig_dst::ConnInfo;
+use crate::ring_copy::{self, RingEnd};
 use crate::sys::fd_ref;
 use crate::tls::{self, HandshakeError, TlsIdentity, TlsOn};
 use crate::workload::Workload;
@@ -329,17 +329,17 @@ pub(crate) async fn relay(
         None => {
             // `auto` on io_uring: small messages go through the worker's own ring, until a
             // direction moves bulk and the splice copy takes over from where it stopped.
-            let done = match on_ring(ctx, w, dir, down, up, kind, &idle) {
+            let resume = match on_ring(ctx, w, dir, down, up, kind, &idle) {
                 Some(relay) => match relay.await {
                     RingEnd::Ended(end) => Err(end),
-                    RingEnd::Handoff(done) => Ok(done),
+                    RingEnd::Handoff(resume) => Ok(resume),
                 },
-                None => Ok([false; 2]),
+                None => Ok(copy::Resume::default()),
             };
-            match done {
+            match resume {
                 Err(end) => end,
-                Ok(done) => {
-                    copy::bidirectional(down, up, kind, &cx, ctx.closing_for(w.index), done).await
+                Ok(resume) => {
+                    copy::bidirectional(down, up, kind, &cx, ctx.closing_for(w.index), resume).await
                 }
             }
         }

@@ -1,28 +1,33 @@
-//! The plaintext copy on the worker's own io_uring (issue 12's first lever): one multishot
-//! receive per socket into a ring of provided buffers, so a message costs one completion
-//! instead of a poll, a wake-up and a `recv`; the send of it goes to the kernel in the same
-//! `io_uring_enter` as every other operation queued in that turn. monoio 0.2.4 exposes
-//! neither multishot receives nor provided buffers, so the worker keeps a second ring
-//! (`sys::ring`) beside monoio's, and one task ([`RingCopy::run`]) reaps it each time its
-//! eventfd fires.
+//! The plaintext copy on the worker's own io_uring (issue 12's first lever): a receive per
+//! socket into a ring of provided buffers (the kernel picks a buffer only when bytes arrive),
+//! so a message costs one completion instead of a poll, a wake-up and a `recv`; its send,
+//! and the next receive, go to the kernel in the same `io_uring_enter` as every other
+//! operation queued in that turn, and usually complete inside it. monoio 0.2.4 exposes
+//! neither provided buffers nor its ring, so the worker keeps a second ring (`sys::ring`)
+//! beside monoio's, and one task ([`RingCopy::run`]) reaps it each time its eventfd fires.
+//!
+//! Receives are one-shot, re-armed as each completes, not multishot: a multishot receive on
+//! a socket with bulk arriving took every buffer of the pool before the first completion was
+//! reaped (512 completions in one batch, measured), starving every other connection. One
+//! receive in flight per direction bounds what a direction can hold to [`MAX_QUEUED`].
 //!
 //! It carries `copy: auto` connections on the io_uring driver while their messages are
-//! small. A direction that receives [`BULK_BYTES`] in one reaping turn had that much waiting
-//! in its socket at once, which is what the buffered copy's switch means by bulk (one read
-//! filling its 64 KiB buffer): both receives are cancelled, what was received is sent, and
-//! the connection goes on with the splice copy in `copy`, which is faster for bulk
-//! (perf/ANALYSIS.md). A connection never returns to the ring.
+//! small. A direction whose last [`BULK_RUN`] receives each filled a whole buffer had 64 KiB
+//! waiting in its socket, which is what the buffered copy's switch means by bulk (one read
+//! filling its 64 KiB buffer); a direction whose destination stops taking bytes (a send that
+//! does not finish inside the submit that carried it, or [`MAX_QUEUED`] buffers unsent) is
+//! a slow reader. Either way the connection is handed over to the readiness-driven copy in
+//! `copy` (which splices bulk, and where a slow reader waits holding one buffer of its own
+//! rather than the ring's shared pool): every operation on its sockets is cancelled, what
+//! the ring had received and not yet sent is copied out, and the other copy writes it first.
+//! A connection never returns to the ring.
 //!
 //! Operations name their connection by slot and generation, never by pointer. A connection
 //! that ends for any reason (done, failed, idle, drained, its task dropped) cancels every
 //! operation on its sockets and submits the cancellation before its owner closes them: a
 //! queued operation names a descriptor number, which a new socket may reuse. The slot
 //! itself is freed when its last completion has arrived, and only then do its buffers go
-//! back.
-//!
-//! An idle connection holds no buffer: a multishot receive takes one only when bytes
-//! arrive. A direction holding [`MAX_QUEUED`] buffers its destination has not taken pauses
-//! its receive, so one slow reader cannot take the whole pool from the others.
+//! back. An idle connection holds no buffer.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -38,6 +43,7 @@ use monoio::net::TcpStream;
 use ringmesh_core::metrics::{CopyMethod, Direction, Side};
 use slab::Slab;
 
+use crate::copy::Resume;
 use crate::duplex::{CopyEnd, reset};
 use crate::idle::{Expired, Toucher};
 use crate::sys::{self, ring::Ring};
@@ -50,11 +56,12 @@ pub(crate) const BUF_SIZE: u32 = 16 * 1024;
 const BUFFERS: u16 = 512;
 const GROUP: u16 = 0;
 const RING_ENTRIES: u32 = 1024;
-/// Buffers one direction may hold, received and not yet sent, before its receive pauses.
+/// Buffers one direction may hold, received and not yet sent, before the connection is
+/// handed to the readiness-driven copy.
 pub(crate) const MAX_QUEUED: usize = 8;
-/// Bytes received by one direction in one reaping turn that make it bulk (the buffered
-/// copy's own switch to splice is one 64 KiB read that fills its buffer).
-pub(crate) const BULK_BYTES: u32 = 64 * 1024;
+/// Receives in a row that filled their whole buffer and so make a direction bulk (4 × 16 KiB:
+/// the buffered copy's own switch to splice is one 64 KiB read that fills its buffer).
+pub(crate) const BULK_RUN: u8 = 4;
 
 // Operation kinds, in the low byte of the user data: receive or send, plus the direction.
 const RECV: u64 = 0;
@@ -93,27 +100,25 @@ impl Account {
 struct Half {
     /// Received buffers not yet fully sent: (buffer, sent so far, length).
     queue: VecDeque<(u16, u32, u32)>,
-    /// A multishot receive is in flight.
+    /// A receive is in flight.
     armed: bool,
-    /// Its cancellation was asked for.
-    cancelling: bool,
-    /// A send is in flight.
+    /// A send is in flight, since this reaping turn.
     sending: bool,
+    send_turn: u32,
     /// The source reached end of stream.
     eof: bool,
     /// The destination's write side was shut after the last byte.
     shut: bool,
     /// The receive stopped for want of a free buffer and waits for one.
     starved: bool,
-    /// The reaping turn of the last receive, and the bytes received in it.
-    run_turn: u32,
-    run_bytes: u32,
+    /// Receives in a row that filled their buffer.
+    full_run: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Copying,
-    /// A direction moved bulk: the receives are cancelled, what is queued is sent.
+    /// A direction moved bulk or met a slow reader: the receives and sends are cancelled.
     HandingOff,
     /// One side failed (the side, the errno); every operation is cancelled.
     Failed(Side, i32),
@@ -125,7 +130,7 @@ struct Slot {
     generation: u32,
     fds: [RawFd; 2],
     halves: [Half; 2],
-    /// Operations queued or in flight (a multishot receive counts once).
+    /// Operations queued or in flight.
     inflight: u32,
     state: State,
     /// Every operation on the sockets was cancelled.
@@ -138,16 +143,15 @@ struct Slot {
 #[derive(Debug)]
 pub(crate) enum RingEnd {
     Ended(CopyEnd),
-    /// Bulk: the copy goes on elsewhere; a direction marked `true` already reached end of
-    /// stream and was passed on.
-    Handoff([bool; 2]),
+    /// The copy goes on in `copy`, from where the ring left it.
+    Handoff(Resume),
 }
 
 /// What a slot's future sees when it is polled.
 enum Seen {
     Going,
     Done,
-    Handoff([bool; 2]),
+    Handoff,
     Failed(Side, i32),
 }
 
@@ -280,24 +284,39 @@ impl RingCopy {
         Some((key, generation))
     }
 
-    fn poll_slot(&self, key: usize, generation: u32, waker: &Waker) -> Seen {
+    fn poll_slot(&self, key: usize, generation: u32, waker: &Waker) -> Poll<RingEnd> {
         let mut inner = self.inner.borrow_mut();
-        let Some(slot) = inner.slots.get_mut(key).filter(|s| s.generation == generation) else {
-            return Seen::Failed(Side::Internal, libc::EINVAL);
+        let Some(slot) = inner
+            .slots
+            .get_mut(key)
+            .filter(|s| s.generation == generation)
+        else {
+            return Poll::Ready(failed(Side::Internal, libc::EINVAL));
         };
-        let seen = slot.seen();
-        if matches!(seen, Seen::Going) {
-            match &mut slot.waker {
-                Some(w) => w.clone_from(waker),
-                None => slot.waker = Some(waker.clone()),
+        match slot.seen() {
+            Seen::Going => {
+                match &mut slot.waker {
+                    Some(w) => w.clone_from(waker),
+                    None => slot.waker = Some(waker.clone()),
+                }
+                Poll::Pending
             }
+            Seen::Done => Poll::Ready(RingEnd::Ended(CopyEnd::Done)),
+            Seen::Failed(side, errno) => Poll::Ready(failed(side, errno)),
+            Seen::Handoff => Poll::Ready(RingEnd::Handoff(inner.take_over(key))),
         }
-        seen
     }
 
     fn release(&self, key: usize, generation: u32) {
         self.inner.borrow_mut().release(key, generation);
     }
+}
+
+fn failed(side: Side, errno: i32) -> RingEnd {
+    RingEnd::Ended(CopyEnd::Failed {
+        side,
+        error: io::Error::from_raw_os_error(errno),
+    })
 }
 
 impl Slot {
@@ -306,12 +325,9 @@ impl Slot {
             State::Failed(side, errno) => Seen::Failed(side, errno),
             State::Orphan => Seen::Failed(Side::Internal, libc::EINVAL),
             State::HandingOff => {
-                let idle = self
-                    .halves
-                    .iter()
-                    .all(|h| !h.armed && !h.sending && h.queue.is_empty());
-                if idle {
-                    Seen::Handoff([self.halves[0].shut, self.halves[1].shut])
+                // Nothing of ours in flight: the kernel is done with the sockets' operations.
+                if self.halves.iter().all(|h| !h.armed && !h.sending) {
+                    Seen::Handoff
                 } else {
                     Seen::Going
                 }
@@ -359,7 +375,7 @@ impl Inner {
             return;
         }
         let u = user(key, slot.generation, RECV + d as u64);
-        match self.ring.recv_multi(slot.fds[d], u) {
+        match self.ring.recv(slot.fds[d], u) {
             Ok(()) => {
                 slot.inflight += 1;
                 slot.halves[d].armed = true;
@@ -376,19 +392,25 @@ impl Inner {
         if !matches!(slot.state, State::Copying | State::HandingOff) {
             return;
         }
+        let handing_off = slot.state == State::HandingOff;
         let to = slot.fds[1 - d];
         let generation = slot.generation;
         let h = &mut slot.halves[d];
-        if h.sending {
+        if h.sending || (handing_off && !h.queue.is_empty()) {
+            // What is queued at a handoff goes with it.
             return;
         }
         if let Some(&(bid, off, len)) = h.queue.front() {
-            match self
-                .ring
-                .send(to, bid, off, len - off, user(key, generation, SEND + d as u64))
-            {
+            match self.ring.send(
+                to,
+                bid,
+                off,
+                len - off,
+                user(key, generation, SEND + d as u64),
+            ) {
                 Ok(()) => {
                     h.sending = true;
+                    h.send_turn = self.turn;
                     slot.inflight += 1;
                 }
                 Err(e) => self.fail(key, Side::Internal, e.raw_os_error().unwrap_or(libc::EIO)),
@@ -398,11 +420,7 @@ impl Inner {
         if h.eof && !h.armed && !h.shut {
             h.shut = true;
             if let Err(e) = sys::shutdown_write(to) {
-                self.fail(
-                    key,
-                    side_of(1 - d),
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                );
+                self.fail(key, side_of(1 - d), e.raw_os_error().unwrap_or(libc::EIO));
             }
         }
     }
@@ -441,7 +459,11 @@ impl Inner {
     /// and free it when the last completion comes. Submits at once, before the caller closes
     /// the sockets.
     fn release(&mut self, key: usize, generation: u32) {
-        let Some(slot) = self.slots.get_mut(key).filter(|s| s.generation == generation) else {
+        let Some(slot) = self
+            .slots
+            .get_mut(key)
+            .filter(|s| s.generation == generation)
+        else {
             return;
         };
         slot.state = State::Orphan;
@@ -452,6 +474,27 @@ impl Inner {
         }
         self.cancel_all(key);
         self.submit();
+    }
+
+    /// Copies out what a handed-over connection had received and not sent, and gives its
+    /// buffers back.
+    fn take_over(&mut self, key: usize) -> Resume {
+        let mut resume = Resume::default();
+        let slot = &mut self.slots[key];
+        let mut freed = Vec::new();
+        for (d, h) in slot.halves.iter_mut().enumerate() {
+            resume.done[d] = h.shut;
+            let out = &mut resume.pending[d];
+            for (bid, off, len) in h.queue.drain(..) {
+                out.extend_from_slice(self.ring.bytes(bid, off, len - off));
+                freed.push(bid);
+            }
+        }
+        for bid in freed {
+            self.ring.provide(bid);
+        }
+        self.refill();
+        resume
     }
 
     fn free(&mut self, key: usize) {
@@ -529,7 +572,6 @@ impl Inner {
         if !more {
             slot.inflight -= 1;
             slot.halves[d].armed = false;
-            slot.halves[d].cancelling = false;
         }
         let live = matches!(slot.state, State::Copying | State::HandingOff);
         if res > 0 {
@@ -545,21 +587,16 @@ impl Inner {
             slot.account.moved(side_of(d), n);
             let h = &mut slot.halves[d];
             h.queue.push_back((bid, 0, n));
-            if h.run_turn != self.turn {
-                h.run_turn = self.turn;
-                h.run_bytes = 0;
-            }
-            h.run_bytes = h.run_bytes.saturating_add(n);
-            let bulk = h.run_bytes >= BULK_BYTES && slot.state == State::Copying;
-            let pause = h.queue.len() >= MAX_QUEUED && h.armed && !h.cancelling;
-            if bulk {
-                slot.state = State::HandingOff;
-                slot.account.workload.shards[slot.account.worker].ring_handoff();
-                for d in 0..2 {
-                    self.cancel_recv(key, d);
-                }
-            } else if pause {
-                self.cancel_recv(key, d);
+            h.full_run = if n == BUF_SIZE {
+                h.full_run.saturating_add(1)
+            } else {
+                0
+            };
+            // Bulk, or a destination that does not keep up: the other copy takes over.
+            let bulk = h.full_run >= BULK_RUN;
+            let slow = h.queue.len() >= MAX_QUEUED;
+            if bulk || slow {
+                self.hand_off(key);
             }
             return;
         }
@@ -570,6 +607,7 @@ impl Inner {
         match -res {
             0 => slot.halves[d].eof = true,
             libc::ENOBUFS if live => {
+                let slot = &mut self.slots[key];
                 slot.halves[d].starved = true;
                 slot.account.workload.shards[slot.account.worker].ring_starved();
                 let generation = slot.generation;
@@ -581,26 +619,17 @@ impl Inner {
         }
     }
 
-    /// Asks the kernel to stop direction `d`'s receive (bulk handoff, or a full queue).
-    fn cancel_recv(&mut self, key: usize, d: usize) {
-        let slot = &mut self.slots[key];
-        let h = &mut slot.halves[d];
-        if !h.armed || h.cancelling {
-            return;
-        }
-        h.cancelling = true;
-        let u = user(key, slot.generation, RECV + d as u64);
-        if let Err(e) = self.ring.cancel(u) {
-            self.fail(key, Side::Internal, e.raw_os_error().unwrap_or(libc::EIO));
-        }
-    }
-
     fn sent(&mut self, key: usize, d: usize, res: i32) {
         let slot = &mut self.slots[key];
         slot.inflight -= 1;
         let live = matches!(slot.state, State::Copying | State::HandingOff);
+        let handing_off = slot.state == State::HandingOff;
         let h = &mut slot.halves[d];
         h.sending = false;
+        if res == -libc::ECANCELED && handing_off {
+            // Nothing of it was sent; the bytes go with the handoff.
+            return;
+        }
         if res <= 0 {
             if live {
                 let errno = if res == 0 { libc::EPIPE } else { -res };
@@ -611,12 +640,32 @@ impl Inner {
         let Some(front) = h.queue.front_mut() else {
             return;
         };
+        // A send goes in at the end of the turn that queued it and, when the destination has
+        // room, completes inside that submit: one that came back short or in a later turn
+        // met a destination that does not keep up.
+        let slow = (res as u32) < front.2 - front.1 || h.send_turn != self.turn;
         front.1 += res as u32;
         if front.1 >= front.2 {
             let bid = front.0;
             h.queue.pop_front();
             self.give_back(bid);
         }
+        if slow {
+            self.hand_off(key);
+        }
+    }
+
+    /// Moves the connection towards the other copy: everything in flight is cancelled.
+    fn hand_off(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        if slot.state != State::Copying {
+            return;
+        }
+        slot.state = State::HandingOff;
+        slot.account.workload.shards[slot.account.worker].ring_handoff();
+        // By descriptor, which finds every operation; a cancellation by user data did not
+        // find a multishot receive between two of its completions (ENOENT on 6.18).
+        self.cancel_all(key);
     }
 }
 
@@ -670,21 +719,18 @@ impl<C: Future<Output = ()>> Future for RingRelay<'_, C> {
 
     fn poll(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<RingEnd> {
         let this = self.project();
-        match this.ring.poll_slot(*this.key, *this.generation, task.waker()) {
-            Seen::Going => {}
-            Seen::Done => return Poll::Ready(RingEnd::Ended(CopyEnd::Done)),
-            Seen::Handoff(done) => return Poll::Ready(RingEnd::Handoff(done)),
-            Seen::Failed(side, errno) => {
-                reset(if side == Side::Downstream {
+        if let Poll::Ready(end) = this
+            .ring
+            .poll_slot(*this.key, *this.generation, task.waker())
+        {
+            if let RingEnd::Ended(CopyEnd::Failed { side, .. }) = &end {
+                reset(if *side == Side::Downstream {
                     this.up
                 } else {
                     this.down
                 });
-                return Poll::Ready(RingEnd::Ended(CopyEnd::Failed {
-                    side,
-                    error: io::Error::from_raw_os_error(errno),
-                }));
             }
+            return Poll::Ready(end);
         }
         if Pin::new(this.idle).poll(task).is_ready() {
             return Poll::Ready(RingEnd::Ended(CopyEnd::Idle));

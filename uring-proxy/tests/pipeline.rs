@@ -40,6 +40,7 @@ both_drivers!(
     owned_ring_carries_keep_alive_exchanges,
     bulk_after_a_half_close_moves_to_splice,
     slow_upstream_reader_loses_nothing,
+    stalled_reader_leaves_the_ring_to_others,
 );
 
 fn echo_every_copy_mode(driver: DriverChoice) {
@@ -92,7 +93,10 @@ fn echo_every_copy_mode(driver: DriverChoice) {
         // splice; nothing else uses the ring.
         let handoffs = metric_in(&m, "ringmesh_copy_ring_handoffs_total");
         if copy == "auto" && driver == DriverChoice::Uring {
-            assert!(ring >= 10, "{copy}: the small exchange went through the ring: {m}");
+            assert!(
+                ring >= 10,
+                "{copy}: the small exchange went through the ring: {m}"
+            );
             assert_eq!(handoffs, 1, "{copy}: {m}");
         } else {
             assert_eq!((ring, handoffs), (0, 0), "{copy} on {driver:?}");
@@ -599,7 +603,11 @@ fn metrics_pass_promtool(driver: DriverChoice) {
 
 /// Whether the worker's own ring is in use: on io_uring it is, on epoll there is none.
 fn expect_owned_ring(p: &uring_proxy::Proxy, driver: DriverChoice, workers: u64) {
-    let want = if driver == DriverChoice::Uring { workers } else { 0 };
+    let want = if driver == DriverChoice::Uring {
+        workers
+    } else {
+        0
+    };
     assert_eq!(metric(p, "ringmesh_workers_owned_ring"), want, "{driver:?}");
 }
 
@@ -623,7 +631,11 @@ fn owned_ring_carries_keep_alive_exchanges(driver: DriverChoice) {
                     moved += len as u64;
                 }
                 c.shutdown(Shutdown::Write).unwrap();
-                assert_eq!(read_end(&mut c).unwrap(), b"", "nothing after the last echo");
+                assert_eq!(
+                    read_end(&mut c).unwrap(),
+                    b"",
+                    "nothing after the last echo"
+                );
                 moved
             })
         })
@@ -634,7 +646,11 @@ fn owned_ring_carries_keep_alive_exchanges(driver: DriverChoice) {
     let ring = metric_in(&m, "ringmesh_copy_bytes_total{method=\"ring\"}");
     let buffered = metric_in(&m, "ringmesh_copy_bytes_total{method=\"buffer\"}");
     if driver == DriverChoice::Uring {
-        assert_eq!((ring, buffered), (2 * total, 0), "every byte on the ring: {m}");
+        assert_eq!(
+            (ring, buffered),
+            (2 * total, 0),
+            "every byte on the ring: {m}"
+        );
     } else {
         assert_eq!((ring, buffered), (0, 2 * total), "{m}");
     }
@@ -657,7 +673,12 @@ fn bulk_after_a_half_close_moves_to_splice(driver: DriverChoice) {
     c.write_all(b"GET /big").unwrap();
     c.shutdown(Shutdown::Write).unwrap();
     let back = read_end(&mut c).unwrap();
-    assert!(back == body, "{} of {} bytes, or different", back.len(), body.len());
+    assert!(
+        back == body,
+        "{} of {} bytes, or different",
+        back.len(),
+        body.len()
+    );
     expect_closed(&p, Direction::Outbound, Outcome::Ok, 1);
     let m = p.metrics();
     let spliced = metric_in(&m, "ringmesh_copy_bytes_total{method=\"splice\"}");
@@ -696,7 +717,80 @@ fn slow_upstream_reader_loses_nothing(driver: DriverChoice) {
     c.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_end(&mut c).unwrap(), b"done");
     let got = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert!(got == want, "{} of {} bytes, or different", got.len(), want.len());
+    assert!(
+        got == want,
+        "{} of {} bytes, or different",
+        got.len(),
+        want.len()
+    );
     expect_closed(&p, Direction::Outbound, Outcome::Ok, 1);
     assert_eq!(active(&p), 0);
+}
+
+fn stalled_reader_leaves_the_ring_to_others(driver: DriverChoice) {
+    // One upstream stops reading while its client keeps writing small pieces; on the ring
+    // that connection must move to the readiness-driven copy instead of holding the worker's
+    // shared buffers, so the other connections keep theirs.
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(Some(release_rx));
+    let (got_tx, got_rx) = mpsc::channel();
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let srv = server(move |mut s| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let rx = release_rx.lock().unwrap().take().unwrap();
+            rx.recv().unwrap();
+            got_tx.send(read_end(&mut s).unwrap().len()).unwrap();
+            return;
+        }
+        let mut buf = vec![0; 64 * 1024];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            s.write_all(&buf[..n]).unwrap();
+        }
+    });
+    let p = start_with(config(""), options(driver, 1, fixed(srv.addr)));
+    let mut stalled = connect(p.outbound_addr());
+    stalled.set_nodelay(true).unwrap();
+    let size = 24 << 20;
+    let writer = thread::spawn(move || {
+        let piece = pattern(1000);
+        for _ in 0..size / 1000 {
+            stalled.write_all(&piece).unwrap();
+        }
+        stalled.shutdown(Shutdown::Write).unwrap();
+    });
+    let accepted = srv.accepted.clone();
+    wait_until(
+        "the stalled connection reaches its upstream",
+        Duration::from_secs(10),
+        || accepted.load(std::sync::atomic::Ordering::SeqCst) == 1,
+    );
+    if driver == DriverChoice::Uring {
+        wait_until(
+            "the stalled connection leaves the ring",
+            Duration::from_secs(10),
+            || metric(&p, "ringmesh_copy_ring_handoffs_total") == 1,
+        );
+    }
+    let others: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = p.outbound_addr();
+            thread::spawn(move || {
+                let mut c = connect(addr);
+                for round in 0..50 {
+                    roundtrip(&mut c, &pattern(1 + (i * 37 + round * 101) % 3000));
+                }
+            })
+        })
+        .collect();
+    for t in others {
+        t.join().unwrap();
+    }
+    assert_eq!(metric(&p, "ringmesh_copy_ring_starved_total"), 0);
+    release_tx.send(()).unwrap();
+    writer.join().unwrap();
+    assert_eq!(
+        got_rx.recv_timeout(Duration::from_secs(30)).unwrap(),
+        size / 1000 * 1000
+    );
+    expect_closed(&p, Direction::Outbound, Outcome::Ok, 9);
 }

@@ -1,5 +1,5 @@
-//! The worker's own io_uring, beside monoio's: multishot receives into a provided-buffer ring,
-//! sends out of those buffers, and cancellations. `ring_copy` drives it; this module holds
+//! The worker's own io_uring, beside monoio's: receives into a provided-buffer ring, sends out
+//! of those buffers, and cancellations. `ring_copy` drives it; this module holds
 //! its `unsafe` blocks.
 //!
 //! Submissions carry raw pointers into memory the kernel reads after `push` returns: only
@@ -99,10 +99,12 @@ impl Ring {
         }
     }
 
-    /// A multishot receive on `fd` into the provided buffers.
-    pub fn recv_multi(&mut self, fd: RawFd, user: u64) -> io::Result<()> {
-        let sqe = opcode::RecvMulti::new(types::Fd(fd), self.group)
+    /// One receive on `fd` into a provided buffer the kernel picks when bytes arrive.
+    pub fn recv(&mut self, fd: RawFd, user: u64) -> io::Result<()> {
+        let sqe = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size)
+            .buf_group(self.group)
             .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
             .user_data(user);
         self.push(&sqe)
     }
@@ -114,14 +116,6 @@ impl Ring {
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(user);
-        self.push(&sqe)
-    }
-
-    /// Cancels the operation whose user data is `target`.
-    pub fn cancel(&mut self, target: u64) -> io::Result<()> {
-        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(target))
-            .build()
-            .user_data(CANCEL);
         self.push(&sqe)
     }
 
@@ -147,19 +141,37 @@ impl Ring {
         }
     }
 
-    /// Takes the completions that are ready.
+    /// Takes the completions that are ready. A buffer a completion names is the caller's
+    /// until it gives it back with [`provide`](Self::provide).
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
         for c in self.ring.completion() {
             if !cqueue::more(c.flags()) {
                 self.outstanding = self.outstanding.saturating_sub(1);
             }
+            if let Some(bid) = cqueue::buffer_select(c.flags()) {
+                self.bufs.set_held(bid, true);
+            }
             out.push((c.user_data(), c.result(), c.flags()));
         }
     }
 
-    /// Hands buffer `bid` (back) to the kernel.
+    /// Hands buffer `bid` back to the kernel; it must be one a completion handed over.
     pub fn provide(&mut self, bid: u16) {
+        assert!(self.bufs.held(bid), "buffer {bid} given back twice");
+        self.bufs.set_held(bid, false);
         self.bufs.provide(bid);
+    }
+
+    /// Bytes `off..off + len` of buffer `bid`, which a completion handed over and which has
+    /// not been given back.
+    pub fn bytes(&self, bid: u16, off: u32, len: u32) -> &[u8] {
+        assert!(self.bufs.held(bid), "buffer {bid} is the kernel's");
+        let p = self.bufs.ptr(bid, off, len);
+        // SAFETY: the range lies in the mapping (`ptr` checks it) and in one buffer that the
+        // kernel handed to us and that has not been provided again (checked above), so the
+        // kernel does not write it; `provide`, the only way to hand it back, needs `&mut
+        // self`, which this borrow excludes. Sends read it too, which is no conflict.
+        unsafe { std::slice::from_raw_parts(p, len as usize) }
     }
 }
 
@@ -220,6 +232,8 @@ struct BufRing {
     size: u32,
     tail: u16,
     leak: bool,
+    /// One bit per buffer: handed to user space by a completion, not yet provided again.
+    held: Vec<u64>,
 }
 
 impl BufRing {
@@ -250,11 +264,27 @@ impl BufRing {
             size,
             tail: 0,
             leak: false,
+            held: vec![0; usize::from(count).div_ceil(64)],
         };
         for bid in 0..count {
             b.provide(bid);
         }
         Ok(b)
+    }
+
+    fn held(&self, bid: u16) -> bool {
+        let i = usize::from(bid);
+        bid < self.count && self.held[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn set_held(&mut self, bid: u16, held: bool) {
+        assert!(bid < self.count, "buffer {bid} is not in the pool");
+        let i = usize::from(bid);
+        if held {
+            self.held[i / 64] |= 1 << (i % 64);
+        } else {
+            self.held[i / 64] &= !(1 << (i % 64));
+        }
     }
 
     fn provide(&mut self, bid: u16) {
