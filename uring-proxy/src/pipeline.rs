@@ -329,7 +329,9 @@ pub(crate) async fn relay(
         None => {
             // `auto` on io_uring: small messages go through the worker's own ring, until a
             // direction moves bulk and the splice copy takes over from where it stopped.
-            let resume = match on_ring(ctx, w, dir, down, up, kind, &idle) {
+            // One drain signal for both phases (each would otherwise keep its own future).
+            let mut closing = std::pin::pin!(ctx.closing_for(w.index));
+            let resume = match on_ring(ctx, w, dir, down, up, kind, &idle, closing.as_mut()) {
                 Some(relay) => match relay.await {
                     RingEnd::Ended(end) => Err(end),
                     RingEnd::Handoff(resume) => Ok(resume),
@@ -338,9 +340,7 @@ pub(crate) async fn relay(
             };
             match resume {
                 Err(end) => end,
-                Ok(resume) => {
-                    copy::bidirectional(down, up, kind, &cx, ctx.closing_for(w.index), resume).await
-                }
+                Ok(resume) => copy::bidirectional(down, up, kind, &cx, closing, resume).await,
             }
         }
     };
@@ -362,7 +362,8 @@ pub(crate) async fn relay(
 /// The copy on the worker's own ring, when it has one, the copy is `auto`, and the ring takes
 /// the connection. A node workload replaced since the connection began copies the other way
 /// (its metrics shard is reached through the slot, which now holds the new one).
-fn on_ring<'a>(
+#[allow(clippy::too_many_arguments)] // the connection's parts, each borrowed from `relay`
+fn on_ring<'a, C: std::future::Future<Output = ()>>(
     ctx: &'a WorkerCtx,
     w: &Workload,
     dir: Direction,
@@ -370,7 +371,8 @@ fn on_ring<'a>(
     up: &'a TcpStream,
     kind: CopyKind,
     idle: &'a IdleHandle<'a>,
-) -> Option<ring_copy::RingRelay<'a, impl std::future::Future<Output = ()> + 'a>> {
+    closing: C,
+) -> Option<ring_copy::RingRelay<'a, C>> {
     let ring = ctx.ring.as_deref().filter(|_| kind == CopyKind::Auto)?;
     let workload = ctx
         .shared
@@ -382,14 +384,7 @@ fn on_ring<'a>(
         dir,
         idle: idle.toucher(),
     };
-    ring_copy::bidirectional(
-        ring,
-        down,
-        up,
-        account,
-        idle.expired(),
-        ctx.closing_for(w.index),
-    )
+    ring_copy::bidirectional(ring, down, up, account, idle.expired(), closing)
 }
 
 /// Runs the set-up steps unless the drain deadline passes first, which resets the connection
