@@ -3,6 +3,7 @@
 # kernel, per contender, and (with perf) which kernel and user functions take it. Every
 # contender runs one worker per CPU, the generator and backend are pinned to CPU 0, and each
 # is reached through the same iptables NAT REDIRECT; contenders take turns, ROUNDS times.
+# uring-noring is the default with --no-owned-ring (the owned copy ring's A/B).
 #
 #   perf/cpu-split.sh                   # user/system µs per request (HTTP keep-alive)
 #   PROFILE=1 perf/cpu-split.sh         # also `perf record` each contender's process, and
@@ -79,13 +80,18 @@ nsx() { ip netns exec "$ns" "$@"; }
 nsx iptables -t nat -A OUTPUT -p tcp -d 127.0.3.1 --dport 9001 -j REDIRECT --to-ports 13001
 nsx iptables -t nat -A OUTPUT -p tcp -d 127.0.3.2 --dport 9001 -j REDIRECT --to-ports 14001
 nsx iptables -t nat -A OUTPUT -p tcp -d 127.0.3.3 -j REDIRECT --to-ports 15051
-declare -A PID HOST=([nginx]=127.0.3.1 [haproxy]=127.0.3.2 [uring]=127.0.3.3)
+nsx iptables -t nat -A OUTPUT -p tcp -d 127.0.3.4 -j REDIRECT --to-ports 15061
+sed -e 's/1505/1506/g' -e 's/127.0.3.3/127.0.3.4/' "$OUT/uring.yaml" >"$OUT/uring-noring.yaml"
+declare -A PID HOST=([nginx]=127.0.3.1 [haproxy]=127.0.3.2 [uring]=127.0.3.3 [uring-noring]=127.0.3.4)
 spawn "$OUT/nginx.log" "$all" nginx -c "$OUT/nginx.conf" -p "$OUT"
 PID[nginx]=$LAST
 spawn "$OUT/haproxy.log" "$all" haproxy -db -f "$OUT/haproxy.cfg"
 PID[haproxy]=$LAST
 spawn "$OUT/uring.log" "$all" "$bin/uring-proxy" --config "$OUT/uring.yaml" --workers "$workers"
 PID[uring]=$LAST
+# The same without the owned copy ring (monoio's polls and recv/send): the first lever's A/B.
+spawn "$OUT/uring-noring.log" "$all" "$bin/uring-proxy" --config "$OUT/uring-noring.yaml" --workers "$workers" --no-owned-ring
+PID[uring-noring]=$LAST
 sleep 1
 
 # family PID: the process and its children (nginx's workers), one PID per line.
@@ -103,9 +109,9 @@ ticks() {
   echo "$u $s"
 }
 hz=$(getconf CLK_TCK)
-printf '%-8s %6s %10s %10s %10s %10s\n' contender round req/s user-µs sys-µs total-µs
+printf '%-12s %6s %10s %10s %10s %10s\n' contender round req/s user-µs sys-µs total-µs
 for round in $(seq "$ROUNDS"); do
-  for c in uring nginx haproxy; do
+  for c in uring uring-noring nginx haproxy; do
     read -r u0 s0 < <(ticks "${PID[$c]}")
     rec=()
     if [[ $PROFILE == 1 ]]; then
@@ -119,11 +125,11 @@ for round in $(seq "$ROUNDS"); do
     requests=$(sed -E 's/.*"requests":([0-9]+).*/\1/' <<<"$json")
     rate=$(sed -E 's/.*"throughput":([0-9.]+).*/\1/' <<<"$json")
     awk -v c="$c" -v r="$round" -v q="$requests" -v rate="$rate" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" \
-      'BEGIN { us = 1e6 / hz / q; printf "%-8s %6d %10.0f %10.2f %10.2f %10.2f\n", c, r, rate, u * us, s * us, (u + s) * us }'
+      'BEGIN { us = 1e6 / hz / q; printf "%-12s %6d %10.0f %10.2f %10.2f %10.2f\n", c, r, rate, u * us, s * us, (u + s) * us }'
   done
 done | tee "$OUT/split.txt"
 if [[ $PROFILE == 1 ]]; then
-  for c in uring nginx haproxy; do
+  for c in uring uring-noring nginx haproxy; do
     echo "== $c: top symbols (round 1, children included)"
     perf report -q -i "$OUT/$c-1.data" --no-children --sort dso,sym 2>/dev/null | grep -v '^$' | head -25
   done

@@ -340,7 +340,11 @@ pub(crate) async fn relay(
             };
             match resume {
                 Err(end) => end,
-                Ok(resume) => copy::bidirectional(down, up, kind, &cx, closing, resume).await,
+                // Boxed: a connection on the ring never needs this copy's state, and inline it
+                // would be part of every connection's state for its whole life.
+                Ok(resume) => {
+                    Box::pin(copy::bidirectional(down, up, kind, &cx, closing, resume)).await
+                }
             }
         }
     };

@@ -51,9 +51,11 @@ use crate::workload::Workload;
 
 /// Size of a provided buffer.
 pub(crate) const BUF_SIZE: u32 = 16 * 1024;
-/// Provided buffers per worker (8 MiB of address space; a page costs memory only once
-/// something was received into it).
-const BUFFERS: u16 = 512;
+/// Provided buffers per worker (4 MiB of address space; a page costs memory only once
+/// something was received into it, and the kernel takes the buffers in turn, so under
+/// traffic at least the first page of each is resident: 1 MiB per worker, whatever the
+/// number of connections).
+const BUFFERS: u16 = 256;
 const GROUP: u16 = 0;
 const RING_ENTRIES: u32 = 1024;
 /// Buffers one direction may hold, received and not yet sent, before the connection is
@@ -95,11 +97,64 @@ impl Account {
     }
 }
 
+/// A direction's received buffers not yet fully sent, in order: (buffer, bytes sent so far,
+/// length). Inline and compact, since every open connection on the ring has two: at most
+/// [`MAX_QUEUED`], because a direction that reaches that many is handed over.
+#[derive(Debug, Default)]
+struct Queue {
+    entries: [(u16, u16, u16); MAX_QUEUED],
+    head: u8,
+    len: u8,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn front(&self) -> Option<(u16, u32, u32)> {
+        (self.len > 0).then(|| {
+            let (bid, off, len) = self.entries[usize::from(self.head)];
+            (bid, u32::from(off), u32::from(len))
+        })
+    }
+
+    /// Appends a buffer; `false` (and nothing stored) when full, which the caller prevents.
+    fn push_back(&mut self, bid: u16, len: u32) -> bool {
+        let (Ok(len), true) = (u16::try_from(len), self.len() < MAX_QUEUED) else {
+            return false;
+        };
+        let at = (usize::from(self.head) + self.len()) % MAX_QUEUED;
+        self.entries[at] = (bid, 0, len);
+        self.len += 1;
+        true
+    }
+
+    fn pop_front(&mut self) -> Option<(u16, u32, u32)> {
+        let front = self.front()?;
+        self.head = ((usize::from(self.head) + 1) % MAX_QUEUED) as u8;
+        self.len -= 1;
+        Some(front)
+    }
+
+    /// Records `n` more bytes of the front buffer as sent.
+    fn sent_front(&mut self, n: u32) {
+        if self.len > 0 {
+            let e = &mut self.entries[usize::from(self.head)];
+            e.1 = u16::try_from(u32::from(e.1) + n).unwrap_or(e.2).min(e.2);
+        }
+    }
+}
+
 /// One direction: bytes received from `fds[d]`, sent to `fds[1 - d]`.
 #[derive(Debug, Default)]
 struct Half {
-    /// Received buffers not yet fully sent: (buffer, sent so far, length).
-    queue: VecDeque<(u16, u32, u32)>,
+    /// Received buffers not yet fully sent.
+    queue: Queue,
     /// A receive is in flight.
     armed: bool,
     /// A send is in flight, since this reaping turn.
@@ -400,7 +455,7 @@ impl Inner {
             // What is queued at a handoff goes with it.
             return;
         }
-        if let Some(&(bid, off, len)) = h.queue.front() {
+        if let Some((bid, off, len)) = h.queue.front() {
             match self.ring.send(
                 to,
                 bid,
@@ -485,7 +540,7 @@ impl Inner {
         for (d, h) in slot.halves.iter_mut().enumerate() {
             resume.done[d] = h.shut;
             let out = &mut resume.pending[d];
-            for (bid, off, len) in h.queue.drain(..) {
+            while let Some((bid, off, len)) = h.queue.pop_front() {
                 out.extend_from_slice(self.ring.bytes(bid, off, len - off));
                 freed.push(bid);
             }
@@ -499,8 +554,10 @@ impl Inner {
 
     fn free(&mut self, key: usize) {
         let slot = self.slots.remove(key);
-        for (bid, _, _) in slot.halves.into_iter().flat_map(|h| h.queue) {
-            self.ring.provide(bid);
+        for mut h in slot.halves {
+            while let Some((bid, _, _)) = h.queue.pop_front() {
+                self.ring.provide(bid);
+            }
         }
         self.refill();
     }
@@ -586,7 +643,13 @@ impl Inner {
             let n = res as u32;
             slot.account.moved(side_of(d), n);
             let h = &mut slot.halves[d];
-            h.queue.push_back((bid, 0, n));
+            if !h.queue.push_back(bid, n) {
+                // Never: a direction at MAX_QUEUED is handed over and receives no more.
+                self.give_back(bid);
+                self.fail(key, Side::Internal, libc::EOVERFLOW);
+                return;
+            }
+            let h = &mut self.slots[key].halves[d];
             h.full_run = if n == BUF_SIZE {
                 h.full_run.saturating_add(1)
             } else {
@@ -637,18 +700,19 @@ impl Inner {
             }
             return;
         }
-        let Some(front) = h.queue.front_mut() else {
+        let Some((bid, off, len)) = h.queue.front() else {
             return;
         };
+        let n = res as u32;
         // A send goes in at the end of the turn that queued it and, when the destination has
         // room, completes inside that submit: one that came back short or in a later turn
         // met a destination that does not keep up.
-        let slow = (res as u32) < front.2 - front.1 || h.send_turn != self.turn;
-        front.1 += res as u32;
-        if front.1 >= front.2 {
-            let bid = front.0;
+        let slow = n < len - off || h.send_turn != self.turn;
+        if off + n >= len {
             h.queue.pop_front();
             self.give_back(bid);
+        } else {
+            h.queue.sent_front(n);
         }
         if slow {
             self.hand_off(key);
@@ -756,5 +820,44 @@ mod tests {
         // The generation wraps at 24 bits, and the reaper compares only those.
         assert_eq!(split(user(3, 0x0100_0002, RECV)).1, 2);
         assert_ne!(user(0, 0, RECV), sys::ring::CANCEL);
+    }
+
+    #[test]
+    fn queue_keeps_order_wraps_and_refuses_past_its_bound() {
+        let mut q = Queue::default();
+        for round in 0..3u16 {
+            for i in 0..MAX_QUEUED as u16 {
+                assert!(q.push_back(round * 100 + i, 1000 + u32::from(i)));
+            }
+            assert!(!q.push_back(9, 1), "full at MAX_QUEUED");
+            assert!(
+                !Queue::default().push_back(1, 1 << 16),
+                "a length past a buffer"
+            );
+            q.sent_front(400);
+            assert_eq!(q.front(), Some((round * 100, 400, 1000)));
+            q.sent_front(10_000);
+            assert_eq!(
+                q.front(),
+                Some((round * 100, 1000, 1000)),
+                "never past the end"
+            );
+            for i in 0..MAX_QUEUED as u16 {
+                let (bid, _, len) = q.pop_front().unwrap();
+                assert_eq!((bid, len), (round * 100 + i, 1000 + u32::from(i)));
+            }
+            assert!(q.is_empty() && q.pop_front().is_none());
+            // Leave the head somewhere else for the next round.
+            assert!(q.push_back(7, 1));
+            q.pop_front();
+        }
+    }
+
+    #[test]
+    fn a_connection_on_the_ring_costs_little() {
+        // Every open connection on the ring keeps one slot for its whole life.
+        let size = std::mem::size_of::<Slot>();
+        eprintln!("ring slot: {size} bytes");
+        assert!(size <= 256, "a ring slot is {size} bytes");
     }
 }
