@@ -253,6 +253,19 @@ fn through_both_proxies(backend: &str, driver: &str) {
             .metric("ringmesh_bytes_total{direction=\"outbound\",from=\"upstream\"}")
             > 0
     );
+    // The binary's default plaintext copy: the worker's own ring on io_uring, none on epoll.
+    for p in [&m.client_proxy, &m.server_proxy] {
+        let ring = p.metric("ringmesh_copy_bytes_total{method=\"ring\"}");
+        let workers = p.metric("ringmesh_workers_owned_ring");
+        if driver == "uring" {
+            assert!(
+                ring > 0 && workers > 0,
+                "ring bytes {ring}, workers {workers}"
+            );
+        } else {
+            assert_eq!((ring, workers), (0, 0));
+        }
+    }
 
     // An excluded port goes straight to the app: neither proxy sees it.
     let (_, reply) = ask(c, s.addr4(EXCLUDED_PORT), "bypass");
@@ -323,6 +336,9 @@ fn gigabyte_byte_exact(driver: &str) {
     for p in [&m.client_proxy, &m.server_proxy] {
         let spliced = p.metric("ringmesh_copy_bytes_total{method=\"splice\"}");
         assert!(spliced > 1 << 29, "the bulk was spliced: {spliced} bytes");
+        // On io_uring the stream starts on the owned ring and is handed over to splice.
+        let handoffs = p.metric("ringmesh_copy_ring_handoffs_total");
+        assert_eq!(handoffs, u64::from(driver == "uring"), "handoffs");
     }
 }
 
