@@ -309,8 +309,8 @@ impl RingCopy {
         }
     }
 
-    /// Starts copying between `down` and `up`; `None` if the ring cannot take the
-    /// connection now (the caller copies it the other way).
+    /// Starts copying between `down` and `up`; `None` (before anything is queued) if the
+    /// ring cannot take the connection, which the caller then copies the other way.
     fn open(&self, down: RawFd, up: RawFd, account: Account) -> Option<(usize, u32)> {
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
@@ -332,10 +332,8 @@ impl RingCopy {
         inner.arm(key, 0);
         inner.arm(key, 1);
         inner.submit();
-        if matches!(inner.slots[key].state, State::Failed(..)) {
-            inner.release(key, generation);
-            return None;
-        }
+        // A receive that could not be queued failed the slot, and the connection ends as an
+        // internal error: copying it the other way could lose what the other receive took.
         Some((key, generation))
     }
 
