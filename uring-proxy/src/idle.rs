@@ -25,6 +25,11 @@ pub(crate) struct Activity {
     waker: RefCell<Option<Waker>>,
 }
 
+/// Milliseconds from `epoch` to `t` (the activity records' clock).
+fn ms_since(epoch: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The worker's registry of connections' activity.
 #[derive(Debug)]
 pub(crate) struct IdleTracker {
@@ -43,7 +48,7 @@ impl Default for IdleTracker {
 
 impl IdleTracker {
     fn ms(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+        ms_since(self.epoch, t)
     }
 
     /// Registers a connection; it is unregistered when the handle drops.
@@ -127,12 +132,9 @@ pub(crate) struct Toucher {
 impl Toucher {
     #[inline]
     pub(crate) fn touch(&self) {
-        let ms = Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_millis();
         self.activity
             .last_ms
-            .set(u64::try_from(ms).unwrap_or(u64::MAX));
+            .set(ms_since(self.epoch, Instant::now()));
     }
 }
 

@@ -339,11 +339,7 @@ impl RingCopy {
 
     fn poll_slot(&self, key: usize, generation: u32, waker: &Waker) -> Poll<RingEnd> {
         let mut inner = self.inner.borrow_mut();
-        let Some(slot) = inner
-            .slots
-            .get_mut(key)
-            .filter(|s| s.generation == generation)
-        else {
+        let Some(slot) = inner.slot(key, generation) else {
             return Poll::Ready(failed(Side::Internal, libc::EINVAL));
         };
         match slot.seen() {
@@ -405,6 +401,13 @@ impl Slot {
 }
 
 impl Inner {
+    /// Slot `key`, if it still holds the connection of that generation.
+    fn slot(&mut self, key: usize, generation: u32) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(key)
+            .filter(|s| s.generation == generation)
+    }
+
     fn submit(&mut self) {
         if let Err(e) = self.ring.submit() {
             // Every queued operation stays queued and goes with the next submit; a ring that
@@ -511,11 +514,7 @@ impl Inner {
     /// and free it when the last completion comes. Submits at once, before the caller closes
     /// the sockets.
     fn release(&mut self, key: usize, generation: u32) {
-        let Some(slot) = self
-            .slots
-            .get_mut(key)
-            .filter(|s| s.generation == generation)
-        else {
+        let Some(slot) = self.slot(key, generation) else {
             return;
         };
         slot.state = State::Orphan;
@@ -532,18 +531,12 @@ impl Inner {
     /// buffers back.
     fn take_over(&mut self, key: usize) -> Resume {
         let mut resume = Resume::default();
-        let slot = &mut self.slots[key];
-        let mut freed = Vec::new();
-        for (d, h) in slot.halves.iter_mut().enumerate() {
+        for (d, h) in self.slots[key].halves.iter_mut().enumerate() {
             resume.done[d] = h.shut;
-            let out = &mut resume.pending[d];
             while let Some((bid, off, len)) = h.queue.pop_front() {
-                out.extend_from_slice(self.ring.bytes(bid, off, len - off));
-                freed.push(bid);
+                resume.pending[d].extend_from_slice(self.ring.bytes(bid, off, len - off));
+                self.ring.provide(bid);
             }
-        }
-        for bid in freed {
-            self.ring.provide(bid);
         }
         self.refill();
         resume
@@ -568,11 +561,7 @@ impl Inner {
     /// Re-arms receives that stopped for want of buffers.
     fn refill(&mut self) {
         while let Some((key, generation, d)) = self.starved.pop_front() {
-            let Some(slot) = self
-                .slots
-                .get_mut(key)
-                .filter(|s| s.generation == generation)
-            else {
+            let Some(slot) = self.slot(key, generation) else {
                 continue;
             };
             slot.halves[d].starved = false;
@@ -620,13 +609,10 @@ impl Inner {
     }
 
     fn received(&mut self, key: usize, d: usize, res: i32, flags: u32) {
-        let more = sys::ring::more(flags);
         let bid = sys::ring::buffer_id(flags);
         let slot = &mut self.slots[key];
-        if !more {
-            slot.inflight -= 1;
-            slot.halves[d].armed = false;
-        }
+        slot.inflight -= 1;
+        slot.halves[d].armed = false;
         let live = matches!(slot.state, State::Copying | State::HandingOff);
         if res > 0 {
             let Some(bid) = bid else {
@@ -667,7 +653,6 @@ impl Inner {
         match -res {
             0 => slot.halves[d].eof = true,
             libc::ENOBUFS if live => {
-                let slot = &mut self.slots[key];
                 slot.halves[d].starved = true;
                 slot.account.workload.shards[slot.account.worker].ring_starved();
                 let generation = slot.generation;

@@ -32,8 +32,8 @@ pub struct Ring {
     bufs: BufRing,
     group: u16,
     eventfd: OwnedFd,
-    /// Operations queued or in flight whose last completion has not been reaped (a
-    /// multishot receive counts once, until its completion without `MORE`).
+    /// Operations queued or in flight whose completion has not been reaped (every operation
+    /// here is one-shot: one completion each).
     outstanding: usize,
 }
 
@@ -145,9 +145,7 @@ impl Ring {
     /// until it gives it back with [`provide`](Self::provide).
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
         for c in self.ring.completion() {
-            if !cqueue::more(c.flags()) {
-                self.outstanding = self.outstanding.saturating_sub(1);
-            }
+            self.outstanding = self.outstanding.saturating_sub(1);
             if let Some(bid) = cqueue::buffer_select(c.flags()) {
                 self.bufs.set_held(bid, true);
             }
@@ -213,11 +211,6 @@ impl Drop for Ring {
 /// The buffer a completion used, if it used one.
 pub fn buffer_id(flags: u32) -> Option<u16> {
     cqueue::buffer_select(flags)
-}
-
-/// Whether a multishot operation stays armed after this completion.
-pub fn more(flags: u32) -> bool {
-    cqueue::more(flags)
 }
 
 /// A provided-buffer ring: `count` buffers of `size` bytes, and the ring of entries through
