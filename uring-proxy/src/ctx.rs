@@ -60,24 +60,23 @@ pub(crate) struct SlotSignals {
 
 impl WorkerCtx {
     pub fn new(id: usize, shared: Arc<Shared>, orig_dst: Arc<dyn OrigDstSource>) -> Self {
-        let ring = (shared.owned_ring && shared.driver.kind == DriverKind::IoUring)
-            .then(|| match RingCopy::new() {
-                Ok(r) => {
-                    shared
-                        .workers_owned_ring
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Some(Rc::new(r))
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        worker = id, error = %e,
-                        "no io_uring of the worker's own (provided buffers, multishot receive); \
-                         copying through monoio's"
-                    );
-                    None
-                }
-            })
-            .flatten();
+        let wanted = shared.owned_ring && shared.driver.kind == DriverKind::IoUring;
+        let ring = match wanted.then(RingCopy::new) {
+            Some(Ok(r)) => {
+                shared
+                    .workers_owned_ring
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(Rc::new(r))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(
+                    worker = id, error = %e,
+                    "no io_uring of the worker's own (provided buffers); copying through monoio's"
+                );
+                None
+            }
+            None => None,
+        };
         Self {
             ring,
             id,

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::task::Poll;
 
 use monoio::net::TcpStream;
@@ -230,11 +230,7 @@ pub(crate) fn reset(s: &TcpStream) {
     let _ = SockRef::from(&fd_ref(s)).set_linger(Some(std::time::Duration::ZERO));
 }
 
-/// Passes a half-close on. A peer that already closed both ways cannot be half-closed; that
-/// is not a failure.
+/// Passes a half-close on (a peer that already closed both ways is not a failure).
 fn shutdown_write(s: &TcpStream) -> io::Result<()> {
-    match SockRef::from(&fd_ref(s)).shutdown(Shutdown::Write) {
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-        r => r,
-    }
+    crate::sys::shutdown_write(s.as_raw_fd())
 }

@@ -747,53 +747,32 @@ fn connections(o: &mut Out, workloads: &[WorkloadMetrics<'_>]) {
             );
         }
     }
-    o.family(
-        "ringmesh_copy_splice_switches_total",
-        "counter",
-        "Directions of auto-copy connections that moved bulk and switched to splice.",
-    );
-    for w in workloads {
-        o.sample(
+    for (name, help, field) in [
+        (
             "ringmesh_copy_splice_switches_total",
-            &[("workload", w.key)],
-            sum(w, |s| s.copy_switches.get()),
-        );
-    }
-    o.family(
-        "ringmesh_copy_ring_handoffs_total",
-        "counter",
-        "Auto-copy connections on the worker's own io_uring that moved bulk and went on with the splice copy.",
-    );
-    for w in workloads {
-        o.sample(
+            "Directions of auto-copy connections that moved bulk and switched to splice.",
+            (|s| s.copy_switches.get()) as fn(&WorkerShard) -> u64,
+        ),
+        (
             "ringmesh_copy_ring_handoffs_total",
-            &[("workload", w.key)],
-            sum(w, |s| s.ring_handoffs.get()),
-        );
-    }
-    o.family(
-        "ringmesh_copy_ring_starved_total",
-        "counter",
-        "Receives on the worker's own io_uring that found every provided buffer in use and waited for one.",
-    );
-    for w in workloads {
-        o.sample(
+            "Auto-copy connections on the worker's own io_uring that moved bulk or met a slow reader and went on with the readiness-driven copy.",
+            |s| s.ring_handoffs.get(),
+        ),
+        (
             "ringmesh_copy_ring_starved_total",
-            &[("workload", w.key)],
-            sum(w, |s| s.ring_starved.get()),
-        );
-    }
-    o.family(
-        "ringmesh_copy_splice_fallbacks_total",
-        "counter",
-        "Reads that would have spliced but went through a buffer because no pipe could be had.",
-    );
-    for w in workloads {
-        o.sample(
+            "Receives on the worker's own io_uring that found every provided buffer in use and waited for one.",
+            |s| s.ring_starved.get(),
+        ),
+        (
             "ringmesh_copy_splice_fallbacks_total",
-            &[("workload", w.key)],
-            sum(w, |s| s.splice_fallbacks.get()),
-        );
+            "Reads that would have spliced but went through a buffer because no pipe could be had.",
+            |s| s.splice_fallbacks.get(),
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for w in workloads {
+            o.sample(name, &[("workload", w.key)], sum(w, field));
+        }
     }
     o.family(
         "ringmesh_accept_errors_total",

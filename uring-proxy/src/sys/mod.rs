@@ -1,6 +1,6 @@
 //! Every syscall the data plane makes outside the runtime, through socket2 and nix; the only
-//! `unsafe` code in this crate is the fd borrow and the socket options below that neither
-//! library offers.
+//! `unsafe` code in this crate is here: the fd borrow and the socket options below that
+//! neither library offers, and the worker's own ring in [`ring`].
 //!
 //! Readiness comes from the runtime (an io_uring poll or epoll); the bytes then move with
 //! non-blocking `splice(2)`, `recv(2)` and `send(2)` here. io_uring's own splice op would park
@@ -79,7 +79,8 @@ pub fn set_nonblocking_accepted(fd: FdRef<'_>) -> io::Result<()> {
 }
 
 /// Shuts the write side of a socket the caller keeps open (`ring_copy` holds its sockets by
-/// number while monoio owns them). A peer that already closed both ways is not an error.
+/// number while monoio owns them; `duplex` passes its borrowed ones). A peer that already
+/// closed both ways cannot be half-closed, and that is not an error.
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     match nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write) {
         Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
