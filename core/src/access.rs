@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::http::{HttpPolicy, RequestView, RouteName, RouteRef};
 use crate::spiffe::SpiffeId;
 
 /// What happens to a connection no rule speaks of.
@@ -30,6 +31,10 @@ pub struct Rule {
     /// The destination port; any port when `None`.
     pub port: Option<u16>,
     pub sources: BTreeSet<SpiffeId>,
+    /// The HTTP routes the sources may use (an SMI `HTTPRouteGroup` rule); empty: all
+    /// traffic, HTTP or not (an SMI `TCPRoute`). A rule with routes allows no opaque
+    /// connection.
+    pub routes: Vec<RouteRef>,
 }
 
 impl Rule {
@@ -79,14 +84,45 @@ pub struct AccessPolicy {
 }
 
 impl AccessPolicy {
+    /// A connection copied as bytes: only a rule without routes allows it.
     pub fn decide(&self, dest: Destination<'_>, source: Option<&SpiffeId>) -> Decision {
         let mut matched = false;
         for rule in self.rules.iter().filter(|r| r.matches(&dest)) {
             matched = true;
-            if source.is_some_and(|s| rule.sources.contains(s)) {
+            if rule.routes.is_empty() && source.is_some_and(|s| rule.sources.contains(s)) {
                 return Decision::AllowedByRule;
             }
         }
+        self.fallback(matched)
+    }
+
+    /// One HTTP request: allowed by the first rule for its destination that lists its source
+    /// and either has no routes or has one the request is on (which is returned, for metrics
+    /// and logs). Rules are tried in order, so the most specific should come first.
+    pub fn decide_request<'p>(
+        &self,
+        http: &'p HttpPolicy,
+        dest: Destination<'_>,
+        source: Option<&SpiffeId>,
+        req: &RequestView<'_>,
+    ) -> (Decision, Option<RouteName<'p>>) {
+        let mut matched = false;
+        for rule in self.rules.iter().filter(|r| r.matches(&dest)) {
+            matched = true;
+            if !source.is_some_and(|s| rule.sources.contains(s)) {
+                continue;
+            }
+            if rule.routes.is_empty() {
+                return (Decision::AllowedByRule, None);
+            }
+            if let Some(name) = rule.routes.iter().find_map(|r| http.route_matches(*r, req)) {
+                return (Decision::AllowedByRule, Some(name));
+            }
+        }
+        (self.fallback(matched), None)
+    }
+
+    fn fallback(&self, matched: bool) -> Decision {
         match (matched, self.default) {
             (true, _) => Decision::DeniedByRules,
             (false, DefaultAccess::Allow) => Decision::AllowedByDefault,
@@ -111,11 +147,13 @@ mod tests {
                     service: Some("web".into()),
                     port: Some(8080),
                     sources: [id("spiffe://td/ns/a/sa/frontend")].into(),
+                    routes: Vec::new(),
                 },
                 Rule {
                     service: None,
                     port: Some(9090),
                     sources: [id("spiffe://td/ns/mon/sa/prometheus")].into(),
+                    routes: Vec::new(),
                 },
             ],
         }

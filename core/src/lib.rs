@@ -16,6 +16,7 @@ pub mod addr;
 pub mod client_hello;
 pub mod config;
 pub mod decide;
+pub mod http;
 pub mod lb;
 pub mod metrics;
 pub mod proxy_v2;

@@ -276,6 +276,8 @@ pub struct LiveConfig {
     pub services: Vec<Service>,
     pub inbound: InboundPolicy,
     pub access: AccessPolicy,
+    /// Protocol detection, the HTTP engine's limits, route groups.
+    pub http: crate::http::HttpPolicy,
     by_vip: HashMap<SocketAddr, usize>,
     by_endpoint: HashMap<SocketAddr, (usize, usize)>,
 }

@@ -51,6 +51,12 @@ pub struct RawConfig {
     pub inbound: RawInbound,
     #[serde(default)]
     pub access: RawAccess,
+    /// How each port's traffic is handled: detected, pinned to HTTP/1, HTTP/2 or opaque.
+    #[serde(default)]
+    pub protocols: RawProtocols,
+    /// The HTTP engine's limits and the route groups access rules name.
+    #[serde(default)]
+    pub http: RawHttp,
     /// Where live config comes from beyond this file (restart-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<RawControlPlane>,
@@ -222,6 +228,113 @@ pub struct RawAccessRule {
     pub destination: RawDestination,
     /// SPIFFE IDs allowed to connect.
     pub sources: Vec<String>,
+    /// HTTP routes the sources may use: a route group's name (all its matches) or
+    /// `group/match`. Empty: everything on the destination, HTTP or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+}
+
+/// Protocol detection and per-port pins (the equivalent of a Kubernetes port's
+/// `appProtocol`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProtocols {
+    /// Read the first bytes of connections to ports not pinned (and not server-first) and
+    /// handle HTTP request by request.
+    #[serde(default = "default_true")]
+    pub detect: bool,
+    /// Port pins: `http`, `http2` (`grpc`, `h2c`), `opaque` (`tcp`), or `detect` (also on a
+    /// server-first port).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<u16, crate::http::Protocol>,
+}
+
+impl Default for RawProtocols {
+    fn default() -> Self {
+        Self {
+            detect: true,
+            ports: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Request head (request line and headers) limit in bytes; larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u32,
+    /// Headers in one request; more gets 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: u32,
+    /// From a request sent upstream to its response's head; past it the client gets 504.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: String,
+    /// Idle upstream connections one worker keeps per endpoint (0: no pooling).
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: u32,
+    /// An idle pooled connection is closed after this.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: String,
+    /// SMI `HTTPRouteGroup`s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_groups: Vec<RawRouteGroup>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            response_timeout: default_response_timeout(),
+            pool_max_idle: default_pool_max_idle(),
+            pool_idle_timeout: default_pool_idle_timeout(),
+            route_groups: Vec::new(),
+        }
+    }
+}
+
+fn default_max_header_bytes() -> u32 {
+    64 * 1024
+}
+fn default_max_headers() -> u32 {
+    100
+}
+fn default_response_timeout() -> String {
+    "15s".into()
+}
+fn default_pool_max_idle() -> u32 {
+    16
+}
+fn default_pool_idle_timeout() -> String {
+    "90s".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteGroup {
+    pub name: String,
+    pub matches: Vec<RawRouteMatch>,
+}
+
+/// One match: every part given must hold. Patterns are anchored regular expressions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteMatch {
+    pub name: String,
+    #[serde(
+        default,
+        rename = "pathRegex",
+        alias = "path",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub path_regex: Option<String>,
+    /// Method names; `*` or none: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Header name (any case) to the pattern one of its values must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

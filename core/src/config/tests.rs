@@ -517,3 +517,142 @@ mod extremes {
         }
     }
 }
+
+const HTTP_CFG: &str = r#"
+services:
+  - name: web
+    addrs: ["10.96.0.10:80"]
+    endpoints: [{ addr: "10.200.1.2:8080" }]
+protocols:
+  ports: { 8080: http, 9000: grpc, 3306: detect, 7000: tcp }
+http:
+  response_timeout: 2s
+  route_groups:
+    - name: api
+      matches:
+        - name: read
+          pathRegex: "/api/.*"
+          methods: [GET, HEAD]
+        - name: admin
+          pathRegex: "/admin"
+          methods: ["*"]
+          headers: { X-Role: "ops" }
+access:
+  default: deny
+  rules:
+    - destination: { service: web, port: 8080 }
+      sources: ["spiffe://td/ns/a/sa/admin"]
+      routes: [api]
+    - destination: { service: web, port: 8080 }
+      sources: ["spiffe://td/ns/a/sa/reader"]
+      routes: ["api/read"]
+    - destination: { port: 8080 }
+      sources: ["spiffe://td/ns/a/sa/tcp"]
+"#;
+
+#[test]
+fn http_routes_and_access_by_route() {
+    use crate::access::Destination;
+    use crate::http::{Protocol, RequestView};
+    let c = Config::from_str(HTTP_CFG, Format::Yaml).unwrap();
+    let live = &c.live;
+    assert_eq!(live.http.protocol_for(8080), Protocol::Http);
+    assert_eq!(live.http.protocol_for(9000), Protocol::Http2);
+    assert_eq!(live.http.protocol_for(3306), Protocol::Detect);
+    assert_eq!(live.http.protocol_for(7000), Protocol::Opaque);
+    assert_eq!(live.http.protocol_for(80), Protocol::Detect);
+    assert_eq!(live.http.response_timeout, Duration::from_secs(2));
+    let admin = SpiffeId::parse("spiffe://td/ns/a/sa/admin").unwrap();
+    let reader = SpiffeId::parse("spiffe://td/ns/a/sa/reader").unwrap();
+    let tcp = SpiffeId::parse("spiffe://td/ns/a/sa/tcp").unwrap();
+    let dest = Destination {
+        service: Some("web"),
+        port: 8080,
+    };
+    let decide = |who: &SpiffeId, method: &str, path: &str, headers: &[(&str, &str)]| {
+        let (d, route) = live.access.decide_request(
+            &live.http,
+            dest,
+            Some(who),
+            &RequestView {
+                method,
+                path,
+                headers: &headers,
+            },
+        );
+        (d.allowed(), route.map(|r| r.to_string()))
+    };
+    assert_eq!(
+        decide(&reader, "GET", "/api/x", &[]),
+        (true, Some("api/read".into()))
+    );
+    assert_eq!(decide(&reader, "POST", "/api/x", &[]), (false, None));
+    assert_eq!(
+        decide(&reader, "GET", "/admin", &[("x-role", "ops")]),
+        (false, None)
+    );
+    assert_eq!(
+        decide(&admin, "DELETE", "/admin", &[("x-role", "ops")]),
+        (true, Some("api/admin".into()))
+    );
+    assert_eq!(decide(&admin, "DELETE", "/admin", &[]), (false, None));
+    assert_eq!(decide(&admin, "GET", "/apiv2", &[]), (false, None));
+    assert_eq!(decide(&admin, "GET", "/API/x", &[]), (false, None));
+    // A rule without routes allows every request, and opaque connections.
+    assert_eq!(decide(&tcp, "BREW", "/anything", &[]), (true, None));
+    assert!(live.access.decide(dest, Some(&tcp)).allowed());
+    // Route-scoped rules allow no opaque connection.
+    assert!(!live.access.decide(dest, Some(&admin)).allowed());
+    assert!(!live.access.decide(dest, Some(&reader)).allowed());
+}
+
+#[test]
+fn http_config_errors_are_reported() {
+    let errs = errors(
+        r#"
+protocols: { ports: { 0: http, 80: nonsense } }
+"#,
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("protocols.ports")),
+        "{errs:?}"
+    );
+    let errs = errors(
+        r#"
+http:
+  max_header_bytes: 100
+  max_headers: 0
+  response_timeout: forever
+  route_groups:
+    - name: Api
+      matches:
+        - { name: a, pathRegex: "(", methods: [get] }
+        - { name: a, headers: { "bad name": "x" } }
+    - name: empty
+      matches: []
+access:
+  rules:
+    - destination: { port: 80 }
+      sources: ["spiffe://td/x"]
+      routes: [nope, "empty/none"]
+"#,
+    );
+    for want in [
+        "http.max_header_bytes",
+        "http.max_headers",
+        "http.response_timeout",
+        "http.route_groups[0].name",
+        "http.route_groups[0].matches[0].pathRegex",
+        "http.route_groups[0].matches[0].methods[0]",
+        "http.route_groups[0].matches[1].name",
+        "http.route_groups[0].matches[1].headers.bad name",
+        "http.route_groups[1].matches",
+        "access.rules[0].routes[0]",
+        "access.rules[0].routes[1]",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "no error at {want}: {errs:?}"
+        );
+    }
+}

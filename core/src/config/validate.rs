@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{
-    IdentitySourceKind, Mode, RawAccess, RawConfig, RawIdentity, RawNats, RawService, RawTcp,
+    IdentitySourceKind, Mode, RawAccess, RawConfig, RawHttp, RawIdentity, RawNats, RawProtocols,
+    RawService, RawTcp,
 };
 use super::{
     BootConfig, Config, ConfigError, Endpoint, IdentityConfig, InboundPolicy, Keepalive, Limits,
@@ -17,6 +18,7 @@ use super::{
 };
 use crate::access::{AccessPolicy, Rule as AccessRule};
 use crate::addr::canonical;
+use crate::http::{HttpPolicy, Pattern, RouteGroup, RouteMatch, RouteRef};
 use crate::lb::WeightedRoundRobin;
 use crate::spiffe::SpiffeId;
 
@@ -51,6 +53,16 @@ pub mod bounds {
     /// Access rules, and sources in one rule.
     pub const ACCESS_RULES: usize = 10_000;
     pub const RULE_SOURCES: usize = 10_000;
+    /// The HTTP request head limit (hyper needs at least 8 KiB of read buffer).
+    pub const HTTP_HEADER_BYTES_MIN: u32 = 8 * 1024;
+    pub const HTTP_HEADER_BYTES: u32 = 1024 * 1024;
+    pub const HTTP_HEADERS: u32 = 1000;
+    pub const HTTP_RESPONSE: Duration = Duration::from_secs(3600);
+    pub const HTTP_POOL_IDLE: u32 = 1024;
+    pub const ROUTE_GROUPS: usize = 1000;
+    pub const ROUTE_MATCHES: usize = 100;
+    /// A route pattern's length (compiled patterns are also bounded in memory).
+    pub const PATTERN_LEN: usize = 1024;
 }
 
 /// A UDP relay address: `Some(None)` when off, `None` when invalid.
@@ -371,7 +383,8 @@ impl RawConfig {
             .control_plane
             .as_ref()
             .and_then(|cp| validate_nats(&cp.nats, &identity, &mut errs));
-        let access = validate_access(&self.access, &self.services, &mut errs);
+        let http = validate_http(&self.protocols, &self.http, &mut errs);
+        let access = validate_access(&self.access, &self.services, &http, &mut errs);
         let inbound_policy = InboundPolicy {
             default: self.inbound.mode,
             ports: self.inbound.ports.clone(),
@@ -433,6 +446,7 @@ impl RawConfig {
                         services,
                         inbound: inbound_policy,
                         access,
+                        http,
                         by_vip,
                         by_endpoint,
                     },
@@ -616,6 +630,7 @@ fn validate_identity(raw: &RawIdentity, errs: &mut Vec<ConfigError>) -> Identity
 fn validate_access(
     raw: &RawAccess,
     services: &[RawService],
+    http: &HttpPolicy,
     errs: &mut Vec<ConfigError>,
 ) -> AccessPolicy {
     if raw.rules.len() > bounds::ACCESS_RULES {
@@ -669,15 +684,238 @@ fn validate_access(
                 )),
             }
         }
+        let mut routes = Vec::with_capacity(r.routes.len());
+        for (k, name) in r.routes.iter().enumerate() {
+            match resolve_route(http, name) {
+                Ok(route) => routes.push(route),
+                Err(msg) => errs.push(ConfigError::new(format!("{p}.routes[{k}]"), msg)),
+            }
+        }
         rules.push(AccessRule {
             service: r.destination.service.clone(),
             port: r.destination.port,
             sources,
+            routes,
         });
     }
     AccessPolicy {
         default: raw.default,
         rules,
+    }
+}
+
+/// `group` or `group/match`, as indexes into the route groups.
+fn resolve_route(http: &HttpPolicy, name: &str) -> Result<RouteRef, String> {
+    let (group, matched) = match name.split_once('/') {
+        Some((g, m)) => (g, Some(m)),
+        None => (name, None),
+    };
+    let gi = http
+        .groups
+        .iter()
+        .position(|g| g.name == group)
+        .ok_or_else(|| format!("unknown route group {group:?} (not in http.route_groups)"))?;
+    let matched = match matched {
+        None => None,
+        Some(m) => Some(
+            http.groups[gi]
+                .matches
+                .iter()
+                .position(|x| x.name == m)
+                .ok_or_else(|| format!("route group {group:?} has no match named {m:?}"))?,
+        ),
+    };
+    Ok(RouteRef { group: gi, matched })
+}
+
+fn validate_http(
+    protocols: &RawProtocols,
+    raw: &RawHttp,
+    errs: &mut Vec<ConfigError>,
+) -> HttpPolicy {
+    if protocols.ports.contains_key(&0) {
+        errs.push(ConfigError::new("protocols.ports", "port 0 is not a port"));
+    }
+    let max_header_bytes = match raw.max_header_bytes {
+        n if (bounds::HTTP_HEADER_BYTES_MIN..=bounds::HTTP_HEADER_BYTES).contains(&n) => n,
+        n => {
+            errs.push(ConfigError::new(
+                "http.max_header_bytes",
+                format!(
+                    "{n} is not between {} and {}",
+                    bounds::HTTP_HEADER_BYTES_MIN,
+                    bounds::HTTP_HEADER_BYTES
+                ),
+            ));
+            bounds::HTTP_HEADER_BYTES_MIN
+        }
+    };
+    let max_headers = match raw.max_headers {
+        n if (1..=bounds::HTTP_HEADERS).contains(&n) => n,
+        n => {
+            errs.push(ConfigError::new(
+                "http.max_headers",
+                format!("{n} is not between 1 and {}", bounds::HTTP_HEADERS),
+            ));
+            1
+        }
+    };
+    if raw.pool_max_idle > bounds::HTTP_POOL_IDLE {
+        errs.push(ConfigError::new(
+            "http.pool_max_idle",
+            format!(
+                "{} is more than {}",
+                raw.pool_max_idle,
+                bounds::HTTP_POOL_IDLE
+            ),
+        ));
+    }
+    let response_timeout = parse_duration(
+        &raw.response_timeout,
+        "http.response_timeout",
+        bounds::HTTP_RESPONSE,
+        errs,
+    );
+    let pool_idle_timeout = parse_duration(
+        &raw.pool_idle_timeout,
+        "http.pool_idle_timeout",
+        bounds::IDLE,
+        errs,
+    );
+    if raw.route_groups.len() > bounds::ROUTE_GROUPS {
+        errs.push(ConfigError::new(
+            "http.route_groups",
+            format!("more than {} route groups", bounds::ROUTE_GROUPS),
+        ));
+    }
+    let mut groups: Vec<RouteGroup> = Vec::with_capacity(raw.route_groups.len());
+    for (gi, g) in raw.route_groups.iter().enumerate() {
+        let p = format!("http.route_groups[{gi}]");
+        if !valid_route_name(&g.name) {
+            errs.push(ConfigError::new(
+                format!("{p}.name"),
+                format!(
+                    "{:?} is not a route name (1 to 63 of a-z, 0-9, '-', '_', '.')",
+                    g.name
+                ),
+            ));
+        }
+        if groups.iter().any(|x| x.name == g.name) {
+            errs.push(ConfigError::new(
+                format!("{p}.name"),
+                format!("route group {:?} is named twice", g.name),
+            ));
+        }
+        if g.matches.is_empty() || g.matches.len() > bounds::ROUTE_MATCHES {
+            errs.push(ConfigError::new(
+                format!("{p}.matches"),
+                format!("a route group has 1 to {} matches", bounds::ROUTE_MATCHES),
+            ));
+        }
+        let mut matches: Vec<RouteMatch> = Vec::with_capacity(g.matches.len());
+        for (mi, m) in g.matches.iter().enumerate() {
+            let mp = format!("{p}.matches[{mi}]");
+            if !valid_route_name(&m.name) {
+                errs.push(ConfigError::new(
+                    format!("{mp}.name"),
+                    format!(
+                        "{:?} is not a route name (1 to 63 of a-z, 0-9, '-', '_', '.')",
+                        m.name
+                    ),
+                ));
+            }
+            if matches.iter().any(|x| x.name == m.name) {
+                errs.push(ConfigError::new(
+                    format!("{mp}.name"),
+                    format!("match {:?} is named twice in its group", m.name),
+                ));
+            }
+            let path = m
+                .path_regex
+                .as_deref()
+                .and_then(|re| compile(re, &format!("{mp}.pathRegex"), errs));
+            let mut methods = Vec::new();
+            for (k, method) in m.methods.iter().enumerate() {
+                if method == "*" {
+                    methods.clear();
+                    break;
+                }
+                if method.is_empty()
+                    || method.len() > 32
+                    || !method.bytes().all(|b| b.is_ascii_uppercase())
+                {
+                    errs.push(ConfigError::new(
+                        format!("{mp}.methods[{k}]"),
+                        format!("{method:?} is not a method (upper case letters, e.g. GET, or *)"),
+                    ));
+                }
+                methods.push(method.clone());
+            }
+            let mut headers = Vec::new();
+            for (name, re) in &m.headers {
+                let hp = format!("{mp}.headers.{name}");
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                {
+                    errs.push(ConfigError::new(
+                        hp.clone(),
+                        format!("{name:?} is not a header name"),
+                    ));
+                }
+                if let Some(p) = compile(re, &hp, errs) {
+                    headers.push((name.to_ascii_lowercase(), p));
+                }
+            }
+            matches.push(RouteMatch {
+                name: m.name.clone(),
+                path,
+                methods,
+                headers,
+            });
+        }
+        groups.push(RouteGroup {
+            name: g.name.clone(),
+            matches,
+        });
+    }
+    let defaults = HttpPolicy::default();
+    HttpPolicy {
+        detect: protocols.detect,
+        ports: protocols.ports.clone(),
+        groups,
+        max_header_bytes: max_header_bytes as usize,
+        max_headers: max_headers as usize,
+        response_timeout: response_timeout.unwrap_or(defaults.response_timeout),
+        pool_max_idle: raw.pool_max_idle.min(bounds::HTTP_POOL_IDLE) as usize,
+        pool_idle_timeout: pool_idle_timeout.unwrap_or(defaults.pool_idle_timeout),
+    }
+}
+
+fn valid_route_name(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+fn compile(re: &str, path: &str, errs: &mut Vec<ConfigError>) -> Option<Pattern> {
+    if re.len() > bounds::PATTERN_LEN {
+        errs.push(ConfigError::new(
+            path,
+            format!("a pattern is at most {} bytes", bounds::PATTERN_LEN),
+        ));
+        return None;
+    }
+    match Pattern::new(re) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            errs.push(ConfigError::new(
+                path,
+                format!("invalid regular expression {re:?}: {e}"),
+            ));
+            None
+        }
     }
 }
 

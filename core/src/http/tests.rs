@@ -1,0 +1,152 @@
+use super::*;
+
+#[test]
+fn sniff_tells_http1_h2_and_opaque() {
+    assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniff::Http1);
+    assert_eq!(sniff(b"POST /a?b=c HTTP/1.0\r\nHost: x\r\n"), Sniff::Http1);
+    assert_eq!(sniff(b"OPTIONS * HTTP/1.1\n"), Sniff::Http1);
+    assert_eq!(sniff(b"CONNECT example.com:443 HTTP/1.1\r\n"), Sniff::Http1);
+    assert_eq!(sniff(H2_PREFACE), Sniff::Http2);
+    // Partial lines and a partial preface wait for more.
+    for partial in [
+        &b"G"[..],
+        b"GET",
+        b"GET /",
+        b"GET / HTT",
+        b"GET / HTTP/1.",
+        b"GET / HTTP/1.1",
+        b"GET / HTTP/1.1\r",
+        b"PRI * HTTP/2",
+    ] {
+        assert_eq!(
+            sniff(partial),
+            Sniff::NeedMore,
+            "{:?}",
+            String::from_utf8_lossy(partial)
+        );
+    }
+    // Not HTTP.
+    for other in [
+        &b"\x16\x03\x01\x00"[..],
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+        b"GET /\x00 HTTP/1.1\r\n",
+        b"GET  / HTTP/1.1\r\n",
+        b"GET / HTTP/2.0\r\n",
+        b"GET / HTTP/1.1x",
+        b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+        b"PING\r\n",
+    ] {
+        assert_eq!(
+            sniff(other),
+            Sniff::Opaque,
+            "{:?}",
+            String::from_utf8_lossy(other)
+        );
+    }
+    // A request line that never ends is opaque once the bound is reached.
+    let mut long = b"GET /".to_vec();
+    long.resize(MAX_SNIFF, b'a');
+    assert_eq!(sniff(&long), Sniff::Opaque);
+    long.truncate(MAX_SNIFF - 1);
+    assert_eq!(sniff(&long), Sniff::NeedMore);
+}
+
+#[test]
+fn protocol_for_pins_server_first_and_detect() {
+    let mut p = HttpPolicy::default();
+    assert_eq!(p.protocol_for(8080), Protocol::Detect);
+    assert_eq!(p.protocol_for(3306), Protocol::Opaque);
+    assert_eq!(p.protocol_for(5432), Protocol::Opaque);
+    p.ports.insert(3306, Protocol::Detect);
+    p.ports.insert(9000, Protocol::Http2);
+    assert_eq!(p.protocol_for(3306), Protocol::Detect);
+    assert_eq!(p.protocol_for(9000), Protocol::Http2);
+    p.detect = false;
+    assert_eq!(p.protocol_for(8080), Protocol::Opaque);
+    assert_eq!(p.protocol_for(9000), Protocol::Http2);
+}
+
+#[test]
+fn normalize_path_decodes_unreserved_and_refuses_ambiguity() {
+    let n = |s| normalize_path(s).map(|(p, q)| (p, q.to_owned()));
+    assert_eq!(n("/api/x?y=1"), Ok(("/api/x".into(), "?y=1".into())));
+    assert_eq!(
+        n("/%61pi/%7Euser"),
+        Ok(("/api/~user".into(), String::new()))
+    );
+    assert_eq!(n("/a/./b/../c"), Ok(("/a/c".into(), String::new())));
+    assert_eq!(n("/a/b/.."), Ok(("/a/".into(), String::new())));
+    assert_eq!(n("/a/%2e%2e/admin"), Ok(("/admin".into(), String::new())));
+    assert_eq!(n("/"), Ok(("/".into(), String::new())));
+    // Reserved characters stay encoded, upper-cased.
+    assert_eq!(n("/a%3fb%20c"), Ok(("/a%3Fb%20c".into(), String::new())));
+    assert_eq!(n("/api%2Fadmin"), Err(PathError::EncodedSeparator));
+    assert_eq!(n("/api%2fadmin"), Err(PathError::EncodedSeparator));
+    assert_eq!(n("/api%5cadmin"), Err(PathError::EncodedSeparator));
+    assert_eq!(n("/a%00"), Err(PathError::EncodedSeparator));
+    assert_eq!(n("/a%zz"), Err(PathError::BadPercent));
+    assert_eq!(n("/a%4"), Err(PathError::BadPercent));
+    assert_eq!(n("/../etc"), Err(PathError::AboveRoot));
+    assert_eq!(n("http://x/a"), Err(PathError::NotAbsolute));
+    assert_eq!(n("/caf\u{e9}"), Ok(("/caf\u{e9}".into(), String::new())));
+}
+
+fn req<'a>(method: &'a str, path: &'a str, headers: &'a [(&'a str, &'a str)]) -> RequestView<'a> {
+    RequestView {
+        method,
+        path,
+        headers: Box::leak(Box::new(headers)),
+    }
+}
+
+#[test]
+fn patterns_are_anchored_and_case_sensitive() {
+    let p = Pattern::new("/api").unwrap();
+    assert!(p.matches("/api"));
+    assert!(!p.matches("/apiv2"));
+    assert!(!p.matches("/api/x"));
+    assert!(!p.matches("/v1/api"));
+    assert!(!p.matches("/API"));
+    let p = Pattern::new("/api(/.*)?").unwrap();
+    assert!(p.matches("/api/x") && p.matches("/api"));
+    assert!(!p.matches("/apiv2"));
+    // An alternation stays inside the anchors.
+    let p = Pattern::new("/a|/b").unwrap();
+    assert!(p.matches("/a") && p.matches("/b"));
+    assert!(!p.matches("/a/evil") && !p.matches("/x/b"));
+    assert!(Pattern::new("(").is_err());
+}
+
+#[test]
+fn route_match_needs_every_part() {
+    let m = RouteMatch {
+        name: "read".into(),
+        path: Some(Pattern::new("/api/.*").unwrap()),
+        methods: vec!["GET".into(), "HEAD".into()],
+        headers: vec![("x-user".into(), Pattern::new("admin|ops").unwrap())],
+    };
+    let h: &[(&str, &str)] = &[("X-User", "ops")];
+    assert!(m.matches(&req("GET", "/api/x", h)));
+    assert!(!m.matches(&req("POST", "/api/x", h)));
+    assert!(!m.matches(&req("get", "/api/x", h)));
+    assert!(!m.matches(&req("GET", "/apix", h)));
+    assert!(!m.matches(&req("GET", "/api/x", &[("x-user", "opsx")])));
+    assert!(!m.matches(&req("GET", "/api/x", &[])));
+    // Any value of a repeated header may match.
+    assert!(m.matches(&req(
+        "GET",
+        "/api/x",
+        &[("x-user", "bob"), ("x-user", "admin")]
+    )));
+}
+
+#[test]
+fn classification_reads_grpc_status() {
+    assert_eq!(Classification::of(200, None), Classification::Success);
+    assert_eq!(Classification::of(404, None), Classification::Success);
+    assert_eq!(Classification::of(503, None), Classification::Failure);
+    assert_eq!(Classification::of(200, Some(0)), Classification::Success);
+    assert_eq!(Classification::of(200, Some(14)), Classification::Failure);
+    assert_eq!(MethodClass::of("GET").as_str(), "GET");
+    assert_eq!(MethodClass::of("BREW").as_str(), "other");
+}
