@@ -45,6 +45,8 @@ pub(crate) struct WorkerCtx {
     /// The worker's own io_uring for the plaintext copy, when it runs on io_uring and the
     /// kernel gave it one.
     pub ring: Option<Rc<RingCopy>>,
+    /// Idle upstream HTTP connections, per endpoint.
+    pub http_pool: crate::http::Pool,
 }
 
 /// A workload slot's signals on one worker.
@@ -79,6 +81,7 @@ impl WorkerCtx {
         };
         Self {
             ring,
+            http_pool: Default::default(),
             id,
             shared,
             orig_dst,

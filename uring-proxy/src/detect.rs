@@ -100,3 +100,107 @@ pub(crate) async fn replay(sock: &TcpStream, prefix: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// What HTTP detection found in the (plaintext) stream, and what it read.
+#[derive(Debug)]
+pub(crate) struct HttpSniff {
+    /// `None`: nothing conclusive before the deadline (or the peer closed).
+    pub found: Option<ringmesh_core::http::Sniff>,
+    pub prefix: Vec<u8>,
+}
+
+/// Reads the start of a plaintext stream (the socket, or the TLS session on it) until
+/// `core::http::sniff` decides or `timeout` passes. `prefix` is what earlier detection read.
+/// A TLS session's buffered plaintext is all taken, so the copy that follows never waits on
+/// the socket for bytes rustls already holds.
+pub(crate) async fn sniff_http(
+    sock: &TcpStream,
+    mut tls: Option<&mut rustls::Connection>,
+    prefix: Vec<u8>,
+    timeout: Duration,
+) -> io::Result<HttpSniff> {
+    use ringmesh_core::http::{MAX_SNIFF, Sniff, sniff};
+    let fd = sock.as_raw_fd();
+    let deadline = Instant::now().checked_add(timeout);
+    let mut buf = prefix;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match sniff(&buf) {
+            Sniff::NeedMore => {}
+            found => {
+                return Ok(HttpSniff {
+                    found: Some(found),
+                    prefix: buf,
+                });
+            }
+        }
+        // Take what is there without waiting.
+        let mut eof = false;
+        let mut got = false;
+        match tls.as_deref_mut() {
+            Some(conn) => loop {
+                match std::io::Read::read(&mut conn.reader(), &mut chunk) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        got = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if got {
+                            break;
+                        }
+                        match conn.read_tls(&mut crate::tls::Fd(fd)) {
+                            Ok(0) => return Err(crate::tls::no_close_notify()),
+                            Ok(_) => {
+                                conn.process_new_packets().map_err(|e| {
+                                    let _ = crate::tls::flush(conn, fd);
+                                    io::Error::new(io::ErrorKind::InvalidData, e)
+                                })?;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            },
+            None => {
+                let room = MAX_SNIFF.saturating_sub(buf.len()).clamp(1, chunk.len());
+                match sys::recv(fd, &mut chunk[..room]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        got = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => got = true,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if eof {
+            return Ok(HttpSniff {
+                found: None,
+                prefix: buf,
+            });
+        }
+        if got {
+            continue;
+        }
+        let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
+        if left.is_zero()
+            || monoio::time::timeout(left, sock.readable(false))
+                .await
+                .is_err()
+        {
+            return Ok(HttpSniff {
+                found: None,
+                prefix: buf,
+            });
+        }
+    }
+}

@@ -51,6 +51,8 @@ pub(crate) enum Cause {
     },
     /// A TLS peer ended its stream without `close_notify` (a truncation attack, or a crash).
     NoCloseNotify,
+    /// The HTTP engine refused what the client sent.
+    Http(String),
 }
 
 impl Stop {
@@ -86,6 +88,7 @@ impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Cause::None => Ok(()),
+            Cause::Http(e) => write!(f, "malformed HTTP: {e}"),
             Cause::Io(e) => e.fmt(f),
             Cause::NoOriginalDst(e) => write!(f, "no original destination: {e}"),
             Cause::RedirectLoop(dst) => write!(

@@ -6,12 +6,14 @@ use std::rc::Rc;
 use monoio::net::TcpStream;
 use ringmesh_core::decide::{self, InboundStep};
 use ringmesh_core::metrics::{CopyMethod, Direction, Outcome, Side};
+use ringmesh_core::{OrigDst, SpiffeId};
 
 use crate::copy;
 use crate::ctx::{ConnRecord, WorkerCtx};
 use crate::detect;
 use crate::error::{Cause, Stop};
-use crate::pipeline::{self, Conn, Upstream};
+use crate::http;
+use crate::pipeline::{self, Conn, Handling, Upstream};
 use crate::state::copy_kind;
 use crate::workload::Workload;
 
@@ -41,20 +43,56 @@ async fn proxy(ctx: &Rc<WorkerCtx>, w: &Workload, down: &TcpStream, conn: &mut C
     ))
     .await
     {
-        Ok(up) => up,
+        Ok(Opened::Copy(up)) => up,
+        // HTTP: request by request, each checked by the access policy (boxed: the engine's
+        // state is large, and only HTTP connections need it).
+        Ok(Opened::Http(h)) => {
+            let Http {
+                dst,
+                peer,
+                tls,
+                prefix,
+            } = *h;
+            return Box::pin(http::serve(
+                ctx,
+                w,
+                Direction::Inbound,
+                down,
+                dst,
+                peer.as_ref(),
+                tls,
+                prefix,
+            ))
+            .await;
+        }
         Err(stop) => return stop,
     };
     // Copy both ways until both sides close; the caller records the outcome.
     pipeline::relay(ctx, w, Direction::Inbound, down, up).await
 }
 
-/// The set-up steps, in order, up to a connected upstream.
+/// Where the set-up steps end.
+enum Opened {
+    /// Bytes, both ways, with the app's connection.
+    Copy(Upstream),
+    /// An HTTP/1.x connection for the HTTP engine.
+    Http(Box<Http>),
+}
+
+struct Http {
+    dst: OrigDst,
+    peer: Option<SpiffeId>,
+    tls: Option<Box<rustls::Connection>>,
+    prefix: Vec<u8>,
+}
+
+/// The set-up steps, in order, up to a connected upstream (or the HTTP engine).
 async fn open(
     ctx: &Rc<WorkerCtx>,
     w: &Workload,
     down: &TcpStream,
     conn: &mut Conn<'_>,
-) -> Result<Upstream, Stop> {
+) -> Result<Opened, Stop> {
     // 1. The accepted socket.
     pipeline::prepare(down)?;
     // 2. Which app port it was going to (and not the proxy itself).
@@ -74,7 +112,7 @@ async fn open(
 
     // 4. Transport: mesh mTLS is terminated; the rest passes on a permissive port and is
     //    refused on a strict one.
-    let (tls, peer, replay) =
+    let (mut tls, peer, replay) =
         match decide::inbound_step(policy.inbound.mode_for(port), found.detected) {
             InboundStep::Mesh(_) => {
                 let (link, peer) =
@@ -99,7 +137,32 @@ async fn open(
             InboundStep::Done => return Err(Stop::plain(Outcome::Ok)),
         };
 
-    // 5. Access: may this peer reach this destination? Decided before the app is dialled, so a
+    // 5. HTTP detection on the plaintext (inside the mTLS session, or as it came): HTTP goes
+    //    to the engine, which asks the access policy request by request.
+    let first = replay.map(Vec::from).unwrap_or_default();
+    let handling = pipeline::classify(
+        ctx,
+        w,
+        Direction::Inbound,
+        down,
+        tls.as_mut().map(|l| &mut l.conn),
+        port,
+        first,
+    )
+    .await?;
+    let replay = match handling {
+        Handling::Http(prefix) => {
+            return Ok(Opened::Http(Box::new(Http {
+                dst,
+                peer,
+                tls: tls.map(|l| Box::new(l.conn)),
+                prefix,
+            })));
+        }
+        Handling::Opaque(prefix) => prefix,
+    };
+
+    // 6. Access: may this peer reach this destination? Decided before the app is dialled, so a
     //    refused peer never gets a byte to it.
     let decision = decide::inbound_access(live, policy, dst, peer.as_ref());
     if !decision.allowed() {
@@ -117,12 +180,13 @@ async fn open(
         ));
     }
 
-    // 6. Connect to the app on loopback at the original port, and hand it what detection
+    // 7. Connect to the app on loopback at the original port, and hand it what detection
     //    read.
     let target = pipeline::loopback(dst);
     conn.upstream = Some(target);
     let stream = pipeline::dial(ctx, w, live, target).await?;
-    if let Some(prefix) = replay.filter(|p| !p.is_empty()) {
+    if !replay.is_empty() {
+        let prefix = replay;
         detect::replay(&stream, &prefix)
             .await
             .map_err(|e| Stop::io(Side::Upstream, e))?;
@@ -134,10 +198,10 @@ async fn open(
         );
     }
 
-    Ok(Upstream {
+    Ok(Opened::Copy(Upstream {
         stream,
         copy: copy_kind(live.copy),
         idle: live.timeouts.idle,
         tls,
-    })
+    }))
 }

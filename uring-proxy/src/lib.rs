@@ -26,6 +26,7 @@ mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
 pub mod health;
+mod http;
 mod identity;
 mod idle;
 mod inbound;

@@ -4,12 +4,14 @@
 use std::rc::Rc;
 
 use monoio::net::TcpStream;
-use ringmesh_core::decide;
+use ringmesh_core::config::EgressPolicy;
 use ringmesh_core::metrics::{Direction, Outcome, Security, Side};
+use ringmesh_core::{OrigDst, Route, decide};
 
 use crate::ctx::{ConnRecord, WorkerCtx};
 use crate::error::{Cause, Stop};
-use crate::pipeline::{self, Conn, Upstream};
+use crate::http;
+use crate::pipeline::{self, Conn, Handling, Upstream};
 use crate::state::copy_kind;
 use crate::workload::Workload;
 
@@ -29,13 +31,43 @@ pub(crate) async fn serve(ctx: Rc<WorkerCtx>, workload: usize, down: TcpStream) 
 }
 
 async fn proxy(ctx: &Rc<WorkerCtx>, w: &Workload, down: &TcpStream, conn: &mut Conn<'_>) -> Stop {
+    // 1-2. The accepted socket, where it was going, and what it speaks.
+    let (dst, handling) = match Box::pin(pipeline::unless_closing(
+        ctx,
+        w,
+        down,
+        first(ctx, w, down, conn),
+    ))
+    .await
+    {
+        Ok(f) => f,
+        Err(stop) => return stop,
+    };
+    let prefix = match handling {
+        // HTTP: request by request, each routed on its own (boxed: the engine's state is
+        // large, and only HTTP connections need it).
+        Handling::Http(prefix) => {
+            return Box::pin(http::serve(
+                ctx,
+                w,
+                Direction::Outbound,
+                down,
+                dst,
+                None,
+                None,
+                prefix,
+            ))
+            .await;
+        }
+        Handling::Opaque(prefix) => prefix,
+    };
     // The set-up steps run in a boxed future, freed once the upstream is connected: a
     // long-lived connection then keeps only the copy's state.
     let up = match Box::pin(pipeline::unless_closing(
         ctx,
         w,
         down,
-        open(ctx, w, down, conn),
+        open(ctx, w, dst, conn, prefix),
     ))
     .await
     {
@@ -46,13 +78,14 @@ async fn proxy(ctx: &Rc<WorkerCtx>, w: &Workload, down: &TcpStream, conn: &mut C
     pipeline::relay(ctx, w, Direction::Outbound, down, up).await
 }
 
-/// The set-up steps, in order, up to a connected upstream.
-async fn open(
+/// The first steps: the accepted socket, its original destination, and, for a port that is
+/// not pinned, HTTP detection on the app's first bytes.
+async fn first(
     ctx: &Rc<WorkerCtx>,
     w: &Workload,
     down: &TcpStream,
     conn: &mut Conn<'_>,
-) -> Result<Upstream, Stop> {
+) -> Result<(OrigDst, Handling), Stop> {
     // 1. The accepted socket.
     pipeline::prepare(down)?;
     // 2. Where it was going (and not the proxy itself).
@@ -60,7 +93,37 @@ async fn open(
     conn.dst = Some(dst);
     #[cfg(feature = "fault-injection")]
     crate::fault::on_outbound(dst);
+    // A destination the policy refuses is refused before anything is read.
+    let snap = ctx.shared.config.load();
+    if let Route::Egress(EgressPolicy::Deny) = snap.config.live.route(dst) {
+        return Err(Stop::new(
+            Outcome::EgressDenied,
+            Side::Downstream,
+            Cause::EgressDenied(dst),
+        ));
+    }
+    drop(snap);
+    let handling = pipeline::classify(
+        ctx,
+        w,
+        Direction::Outbound,
+        down,
+        None,
+        dst.addr().port(),
+        Vec::new(),
+    )
+    .await?;
+    Ok((dst, handling))
+}
 
+/// The set-up steps, in order, up to a connected upstream that has what detection read.
+async fn open(
+    ctx: &Rc<WorkerCtx>,
+    w: &Workload,
+    dst: OrigDst,
+    conn: &mut Conn<'_>,
+    prefix: Vec<u8>,
+) -> Result<Upstream, Stop> {
     // 3. Policy: a service's virtual address is balanced over its endpoints, a known
     //    endpoint is used as is, anything else follows the egress policy. A meshed endpoint
     //    (one the config gives a SPIFFE ID) must be reached over mTLS, proving that ID.
@@ -95,10 +158,21 @@ async fn open(
         }
     };
 
-    Ok(Upstream {
+    let mut up = Upstream {
         stream,
         copy: copy_kind(live.copy),
         idle: live.timeouts.idle,
         tls,
-    })
+    };
+    // 6. What detection read goes first.
+    pipeline::replay(&mut up, &prefix).await?;
+    if !prefix.is_empty() {
+        ctx.shard(w).bytes(
+            Direction::Outbound,
+            Side::Downstream,
+            ringmesh_core::metrics::CopyMethod::Buffer,
+            prefix.len() as u64,
+        );
+    }
+    Ok(up)
 }

@@ -393,18 +393,89 @@ fn on_ring<'a, C: std::future::Future<Output = ()>>(
 
 /// Runs the set-up steps unless the drain deadline passes first, which resets the connection
 /// (once copying, the copy itself watches the deadline).
-pub(crate) async fn unless_closing(
+pub(crate) async fn unless_closing<T>(
     ctx: &WorkerCtx,
     w: &Workload,
     down: &TcpStream,
-    setup: impl std::future::Future<Output = Result<Upstream, Stop>>,
-) -> Result<Upstream, Stop> {
+    setup: impl std::future::Future<Output = Result<T, Stop>>,
+) -> Result<T, Stop> {
     monoio::select! {
         biased;
         up = setup => up,
         _ = ctx.closing_for(w.index) => {
             copy::reset(down);
             Err(Stop::plain(Outcome::Drained))
+        }
+    }
+}
+
+/// How a connection is handled once detection has read its start.
+pub(crate) enum Handling {
+    /// HTTP/1.x, request by request; the bytes detection read come first.
+    Http(Vec<u8>),
+    /// Bytes as they come; those detection read are written upstream first.
+    Opaque(Vec<u8>),
+}
+
+/// HTTP detection on a connection's plaintext start (`tls`: the session it arrives in),
+/// as the port's protocol says; counted.
+pub(crate) async fn classify(
+    ctx: &WorkerCtx,
+    w: &Workload,
+    dir: Direction,
+    down: &TcpStream,
+    tls: Option<&mut rustls::Connection>,
+    port: u16,
+    prefix: Vec<u8>,
+) -> Result<Handling, Stop> {
+    use ringmesh_core::http::{Protocol, Sniff};
+    use ringmesh_core::metrics::ProtocolSeen;
+    let snap = ctx.shared.config.load();
+    let live = &snap.config.live;
+    let protocol = live.http.protocol_for(port);
+    let timeout = live.timeouts.first_byte;
+    drop(snap);
+    let shard = ctx.shard(w);
+    let (seen, handling) = match protocol {
+        Protocol::Opaque => (ProtocolSeen::Skipped, Handling::Opaque(prefix)),
+        // No HTTP/2 engine yet: h2 and gRPC are copied as bytes (the TLS between proxies
+        // still applies).
+        Protocol::Http2 => (ProtocolSeen::Pinned, Handling::Opaque(prefix)),
+        Protocol::Http => (ProtocolSeen::Pinned, Handling::Http(prefix)),
+        Protocol::Detect => {
+            let found = crate::detect::sniff_http(down, tls, prefix, timeout)
+                .await
+                .map_err(|e| Stop::io(Side::Downstream, e))?;
+            match found.found {
+                Some(Sniff::Http1) => (ProtocolSeen::Http1, Handling::Http(found.prefix)),
+                Some(Sniff::Http2) => (ProtocolSeen::Http2, Handling::Opaque(found.prefix)),
+                Some(_) => (ProtocolSeen::Opaque, Handling::Opaque(found.prefix)),
+                None => (ProtocolSeen::Timeout, Handling::Opaque(found.prefix)),
+            }
+        }
+    };
+    shard.http.detected(dir, seen);
+    Ok(handling)
+}
+
+/// Writes what detection read to the upstream before the copy starts: to the socket, or into
+/// the TLS session on it and out.
+pub(crate) async fn replay(up: &mut Upstream, prefix: &[u8]) -> Result<(), Stop> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    let fail = |e| Stop::io(Side::Upstream, e);
+    match &mut up.tls {
+        None => crate::detect::replay(&up.stream, prefix)
+            .await
+            .map_err(fail),
+        Some(link) => {
+            std::io::Write::write_all(&mut link.conn.writer(), prefix).map_err(fail)?;
+            let fd = up.stream.as_raw_fd();
+            while !tls::flush(&mut link.conn, fd).map_err(fail)? {
+                up.stream.writable(false).await.map_err(fail)?;
+            }
+            Ok(())
         }
     }
 }

@@ -182,7 +182,16 @@ async fn heartbeat(ctx: Rc<WorkerCtx>) {
         monoio::select! {
             biased;
             _ = ctx.closing.wait() => return,
-            _ = monoio::time::sleep(HEARTBEAT) => ctx.shared.heartbeat(ctx.id),
+            _ = monoio::time::sleep(HEARTBEAT) => {
+                ctx.shared.heartbeat(ctx.id);
+                // Idle pooled HTTP connections: aged out, and all closed once draining.
+                if ctx.draining.is_fired() {
+                    ctx.http_pool.clear();
+                } else {
+                    let max_idle = ctx.shared.config.load().config.live.http.pool_idle_timeout;
+                    ctx.http_pool.sweep(max_idle);
+                }
+            }
         }
     }
 }

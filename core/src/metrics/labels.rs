@@ -4,7 +4,7 @@
 macro_rules! label_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident => $s:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name { $($(#[$vm])* $var),+ }
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$var),+];
@@ -80,6 +80,8 @@ label_enum!(
         TruncatedHello => "truncated_hello",
         /// Refused: mTLS is needed and the workload holds no valid SVID (fail closed).
         NoIdentity => "no_identity",
+        /// Malformed HTTP from the client (the proxy answered 400 or 431 and closed).
+        BadRequest => "bad_request",
     }
 );
 

@@ -7,11 +7,15 @@
 //! from traffic (a refused peer's identity) is a bounded table: recording a metric never
 //! allocates past a fixed bound, and memory never grows with traffic.
 
+mod http;
 mod labels;
 mod render;
 mod shard;
 mod udp;
 
+pub use http::{
+    HTTP_SERIES, HttpShard, LATENCY_BUCKETS, ProtocolSeen, RequestLabels, ResponseLabels,
+};
 pub use labels::{
     AcceptError, CopyKind, CopyMethod, Detection, Direction, HandshakeResult, Outcome, RouteKind,
     Security, Side, UdpDrop,

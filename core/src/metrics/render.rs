@@ -189,6 +189,17 @@ pub fn render(
         escape_into(&mut t, s);
         t
     });
+    super::http::render(
+        &mut o.0,
+        workloads
+            .iter()
+            .map(|w| (w.key, w.shards.iter().map(|s| &s.http).collect())),
+        |s| {
+            let mut t = String::new();
+            escape_into(&mut t, s);
+            t
+        },
+    );
     o.0
 }
 

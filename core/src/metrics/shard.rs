@@ -89,6 +89,34 @@ impl<const N: usize> Histogram<N> {
         self.sum_micros
             .add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
+
+    /// Adds `other`'s counts (same bounds) into this one; for summing shards when scraped.
+    pub fn merge(&self, other: &Self) {
+        for (a, b) in self.buckets.iter().zip(&other.buckets) {
+            a.add(b.get());
+        }
+        self.overflow.add(other.overflow.get());
+        self.sum_micros.add(other.sum_micros.get());
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` series under `labels` (already rendered,
+    /// `k="v",...`).
+    pub fn write(&self, o: &mut String, name: &str, labels: &str) {
+        use std::fmt::Write as _;
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += c.get();
+            let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.overflow.get();
+        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            o,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros.get() as f64 / 1e6
+        );
+        let _ = writeln!(o, "{name}_count{{{labels}}} {cumulative}");
+    }
 }
 
 /// Distinct label values one [`LabelTable`] keeps per shard; values past it are counted
@@ -183,6 +211,8 @@ pub struct WorkerShard {
     pub(crate) denied_sources: LabelTable,
     /// The UDP relay's counters.
     pub udp: super::udp::UdpShard,
+    /// Per-request HTTP metrics.
+    pub http: super::http::HttpShard,
 }
 
 impl Default for WorkerShard {
@@ -207,6 +237,7 @@ impl Default for WorkerShard {
             accept_errors: Default::default(),
             denied_sources: LabelTable::default(),
             udp: Default::default(),
+            http: Default::default(),
         }
     }
 }

@@ -81,6 +81,40 @@ pub fn set_nonblocking_accepted(fd: FdRef<'_>) -> io::Result<()> {
 /// Shuts the write side of a socket the caller keeps open (`ring_copy` holds its sockets by
 /// number while monoio owns them; `duplex` passes its borrowed ones). A peer that already
 /// closed both ways cannot be half-closed, and that is not an error.
+/// The most of hyper's read buffer one read offers the socket (it is zeroed first).
+const CURSOR_CHUNK: usize = 16 * 1024;
+
+/// Lets `read` fill the unfilled part of hyper's read buffer (at most 16 KiB of it, zeroed
+/// first, so the slice is initialized memory) and marks what it wrote as filled.
+pub fn fill_cursor(
+    buf: &mut hyper::rt::ReadBufCursor<'_>,
+    read: impl FnOnce(&mut [u8]) -> std::task::Poll<io::Result<usize>>,
+) -> std::task::Poll<io::Result<()>> {
+    use std::task::Poll;
+    // SAFETY: only initialized bytes are exposed: the part handed on is zeroed here before a
+    // `&mut [u8]` is made of it, and nothing uninitialized is written to the cursor.
+    let uninit = unsafe { buf.as_mut() };
+    let len = uninit.len().min(CURSOR_CHUNK);
+    let part = &mut uninit[..len];
+    for b in part.iter_mut() {
+        b.write(0);
+    }
+    // SAFETY: every byte of `part` was initialized just above; MaybeUninit<u8> and u8 have
+    // the same layout.
+    let slice: &mut [u8] = unsafe { &mut *(std::ptr::from_mut(part) as *mut [u8]) };
+    match read(slice) {
+        Poll::Ready(Ok(n)) => {
+            let n = n.min(len);
+            // SAFETY: `read` wrote `n` bytes (at most `len`) at the start of the unfilled
+            // part, all of them initialized.
+            unsafe { buf.advance(n) };
+            Poll::Ready(Ok(()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     match nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write) {
         Ok(()) | Err(Errno::ENOTCONN) => Ok(()),

@@ -25,7 +25,7 @@ mod verify;
 pub(crate) use handshake::{HandshakeError, handshake};
 pub(crate) use identity::ClientConfigs;
 pub use identity::TlsIdentity;
-pub(crate) use pump::{TlsOn, bidirectional};
+pub(crate) use pump::{TlsOn, bidirectional, no_close_notify};
 pub(crate) use verify::peer_id;
 
 /// The raw socket as rustls's transport: non-blocking reads and writes.

@@ -1,0 +1,536 @@
+//! HTTP/1.x, request by request: hyper's server on the downstream connection (plaintext from
+//! the app, or the mTLS session from another proxy), and for each request the named steps
+//! below, in order, ending on an upstream connection from the worker's pool.
+//!
+//! 1. `check`: request smuggling (Content-Length with Transfer-Encoding) and the path
+//!    (`core::http::normalize_path`) answer 400.
+//! 2. `route`: where it goes. Inbound: the app on loopback, after the access policy's
+//!    per-request decision (403). Outbound: `core::decide::outbound_plan` per request (each
+//!    request is balanced on its own), egress policy included.
+//! 3. `forward`: a pooled connection (or a new one, with mTLS to a meshed endpoint), the
+//!    request with its hop-by-hop headers removed, the response head within
+//!    `http.response_timeout`. Failures answer 503 (unreachable), 502 (reset, TLS), 504
+//!    (timeouts), each with `ringmesh-proxy-error`.
+//! 4. The response streams back; its end (last byte, trailers, or a cut) is recorded.
+//!
+//! Later traffic policies (splits, retries, rate limits) are steps between 2 and 3.
+
+mod body;
+mod io;
+mod pool;
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use monoio::net::TcpStream;
+use ringmesh_core::access::Destination;
+use ringmesh_core::config::LiveConfig;
+use ringmesh_core::decide;
+use ringmesh_core::http::{Headers, MethodClass, RequestView, normalize_path};
+use ringmesh_core::metrics::{Direction, Outcome, RequestLabels, ResponseLabels, Side};
+use ringmesh_core::{OrigDst, SpiffeId};
+
+pub(crate) use body::ProxyBody;
+pub(crate) use io::HttpIo;
+pub(crate) use pool::{Pool, PoolKey};
+
+use crate::ctx::WorkerCtx;
+use crate::error::{Cause, Stop};
+use crate::pipeline::{self, Conn};
+use crate::workload::Workload;
+
+/// The header on every response the proxy makes itself, naming why.
+pub(crate) const PROXY_ERROR: &str = "ringmesh-proxy-error";
+
+/// One downstream connection's facts, for each of its requests.
+struct Exchange<'a> {
+    ctx: &'a Rc<WorkerCtx>,
+    w: Arc<Workload>,
+    dir: Direction,
+    dst: OrigDst,
+    /// The peer proxy's identity (inbound over mTLS).
+    peer: Option<&'a SpiffeId>,
+}
+
+/// Serves HTTP/1.x on `down` until the client closes, the connection idles out or the drain
+/// ends it. `prefix` is what detection read; `tls` the terminated mTLS session, if any.
+#[allow(clippy::too_many_arguments)] // the connection's parts, from its pipeline
+pub(crate) async fn serve(
+    ctx: &Rc<WorkerCtx>,
+    w: &Workload,
+    dir: Direction,
+    down: &TcpStream,
+    dst: OrigDst,
+    peer: Option<&SpiffeId>,
+    tls: Option<Box<rustls::Connection>>,
+    prefix: Vec<u8>,
+) -> Stop {
+    // The workload as an owned handle, for response bodies that outlive this borrow; a node
+    // workload replaced meanwhile is served as the connection began.
+    let Some(owned) = ctx
+        .shared
+        .workload(w.index)
+        .filter(|a| std::ptr::eq(&**a, w))
+    else {
+        crate::copy::reset(down);
+        return Stop::plain(Outcome::Drained);
+    };
+    let snap = ctx.shared.config.load();
+    let live = &snap.config.live;
+    let idle = ctx.idle.register(live.timeouts.idle);
+    let io = HttpIo::new(down, tls, prefix, Some(idle.toucher()));
+    let cx = Exchange {
+        ctx,
+        w: owned,
+        dir,
+        dst,
+        peer,
+    };
+    let service = hyper::service::service_fn(|req| handle(&cx, req));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .max_headers(live.http.max_headers)
+        .max_buf_size(live.http.max_header_bytes.max(8192))
+        .keep_alive(true)
+        .writev(true);
+    drop(snap);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = false;
+    loop {
+        monoio::select! {
+            biased;
+            r = conn.as_mut() => return match r {
+                Ok(()) => Stop::plain(Outcome::Ok),
+                Err(e) => served_error(e),
+            },
+            _ = idle.expired() => return Stop::plain(Outcome::IdleTimeout),
+            _ = ctx.closing_for(w.index) => {
+                crate::copy::reset(down);
+                return Stop::plain(Outcome::Drained);
+            }
+            _ = ctx.draining.wait(), if !draining => {
+                // Finish the exchange in flight, answer it with `Connection: close`.
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// How a hyper server connection failed, as a connection outcome.
+fn served_error(e: hyper::Error) -> Stop {
+    // A client that went away between requests, or mid-request: the client's doing.
+    let side = Side::Downstream;
+    if e.is_parse() || e.is_parse_too_large() {
+        return Stop::new(Outcome::BadRequest, side, Cause::Http(e.to_string()));
+    }
+    Stop::io(side, std::io::Error::other(e.to_string()))
+}
+
+async fn handle(
+    cx: &Exchange<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let ctx = cx.ctx;
+    let snap = ctx.shared.config.load();
+    let live = &snap.config.live;
+    let shard = ctx.shard(&cx.w);
+    let method = MethodClass::of(req.method().as_str());
+    let mut labels = RequestLabels {
+        dir: cx.dir,
+        service: "".into(),
+        route: "".into(),
+        method,
+    };
+
+    // 1. Check.
+    let target = match check(&req) {
+        Ok(t) => t,
+        Err(reason) => {
+            shard.http.request(&labels);
+            return Ok(local(
+                cx,
+                &labels,
+                start,
+                StatusCode::BAD_REQUEST,
+                reason,
+                true,
+            ));
+        }
+    };
+
+    // 2. Route.
+    let plan = match route(cx, live, &req, &target) {
+        Ok(p) => p,
+        Err((status, reason, service, route)) => {
+            labels.service = service;
+            labels.route = route;
+            shard.http.request(&labels);
+            if status == StatusCode::FORBIDDEN {
+                shard.http.denied();
+            }
+            return Ok(local(cx, &labels, start, status, reason, false));
+        }
+    };
+    labels.service = plan.service.clone();
+    labels.route = plan.route.clone();
+    shard.http.request(&labels);
+
+    // 3. Forward.
+    let req = outgoing(req, &target);
+    let result = forward(cx, live, &plan, req).await;
+    drop(snap);
+    match result {
+        Ok(resp) => {
+            shard
+                .http
+                .first_byte(cx.dir, &labels.service, start.elapsed());
+            Ok(body::record(
+                cx.ctx.clone(),
+                cx.w.clone(),
+                labels,
+                start,
+                resp,
+            ))
+        }
+        Err((status, reason)) => Ok(local(cx, &labels, start, status, reason, false)),
+    }
+}
+
+/// The request target as policy sees it and as it is forwarded.
+struct Target {
+    /// Normalized path and the query as sent (`*` for `OPTIONS *`).
+    path_and_query: String,
+    path_len: usize,
+}
+
+impl Target {
+    fn path(&self) -> &str {
+        &self.path_and_query[..self.path_len]
+    }
+}
+
+fn check(req: &Request<Incoming>) -> Result<Target, &'static str> {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err("conflicting Content-Length and Transfer-Encoding");
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err("more than one Content-Length");
+    }
+    let raw = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if raw == "*" && req.method() == hyper::Method::OPTIONS {
+        return Ok(Target {
+            path_and_query: "*".into(),
+            path_len: 1,
+        });
+    }
+    let (path, query) = normalize_path(raw).map_err(|e| match e {
+        ringmesh_core::http::PathError::NotAbsolute => "the request target is not a path",
+        ringmesh_core::http::PathError::BadPercent => "bad percent-encoding in the path",
+        ringmesh_core::http::PathError::EncodedSeparator => {
+            "an encoded '/', '\\' or NUL in the path"
+        }
+        ringmesh_core::http::PathError::AboveRoot => "the path climbs above the root",
+    })?;
+    let path_len = path.len();
+    Ok(Target {
+        path_and_query: path + query,
+        path_len,
+    })
+}
+
+/// Where one request goes.
+struct Plan {
+    target: std::net::SocketAddr,
+    identity: Option<SpiffeId>,
+    service: Box<str>,
+    route: Box<str>,
+}
+
+type Refusal = (StatusCode, &'static str, Box<str>, Box<str>);
+
+struct HeaderView<'a>(&'a HeaderMap);
+
+impl Headers for HeaderView<'_> {
+    fn any(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.0
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(f)
+    }
+}
+
+fn route(
+    cx: &Exchange<'_>,
+    live: &LiveConfig,
+    req: &Request<Incoming>,
+    target: &Target,
+) -> Result<Plan, Refusal> {
+    match cx.dir {
+        Direction::Inbound => {
+            let service = live
+                .service_of_endpoint(cx.dst.addr())
+                .map(|s| s.name.as_str());
+            let headers = HeaderView(req.headers());
+            let view = RequestView {
+                method: req.method().as_str(),
+                path: target.path(),
+                headers: &headers,
+            };
+            let policy = decide::policy_for(live, &cx.w.key);
+            let (decision, route) = policy.access.decide_request(
+                &live.http,
+                Destination {
+                    service,
+                    port: cx.dst.addr().port(),
+                },
+                cx.peer,
+                &view,
+            );
+            let service: Box<str> = service.unwrap_or("").into();
+            let route: Box<str> = route.map(|r| r.to_string()).unwrap_or_default().into();
+            if !decision.allowed() {
+                return Err((StatusCode::FORBIDDEN, "access denied", service, route));
+            }
+            Ok(Plan {
+                target: pipeline::loopback(cx.dst),
+                identity: None,
+                service,
+                route,
+            })
+        }
+        Direction::Outbound => {
+            let ctx = cx.ctx;
+            let snap_gen = ctx.shared.config.load().generation;
+            let shared_own = ctx.shared.own.load();
+            let own = cx.w.own.as_ref().unwrap_or(&shared_own);
+            let plan = decide::outbound_plan(live, own, cx.dst, |i| ctx.next_turn(snap_gen, i))
+                .map_err(|outcome| {
+                    let reason = match outcome {
+                        Outcome::RedirectLoop => "redirect loop",
+                        _ => "egress denied",
+                    };
+                    (StatusCode::FORBIDDEN, reason, "".into(), "".into())
+                })?;
+            ctx.shard(&cx.w).route(plan.route);
+            Ok(Plan {
+                target: plan.target,
+                identity: plan.identity.cloned(),
+                service: plan.service.unwrap_or("").into(),
+                route: "".into(),
+            })
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), which end at this proxy.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// The request as it goes upstream: the normalized target, the hop-by-hop headers gone
+/// (with those `Connection` names), `TE: trailers` kept (gRPC needs it).
+fn outgoing(mut req: Request<Incoming>, target: &Target) -> Request<Incoming> {
+    if let Ok(uri) = target.path_and_query.parse::<hyper::Uri>() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = hyper::Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut());
+    req
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let te_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+type Failed = (StatusCode, &'static str);
+
+async fn forward(
+    cx: &Exchange<'_>,
+    live: &LiveConfig,
+    plan: &Plan,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, Failed> {
+    let ctx = cx.ctx;
+    let key = PoolKey {
+        workload: cx.w.index,
+        target: plan.target,
+        identity: plan.identity.clone(),
+    };
+    let http = &live.http;
+    let shard = ctx.shard(&cx.w);
+    let mut req = req;
+    // A pooled connection the server has closed meanwhile gives the request back unsent:
+    // then once more on a new one.
+    for reuse in [true, false] {
+        let pooled = if reuse {
+            ctx.http_pool.take(&key, http.pool_idle_timeout)
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        if reuse && !reused {
+            continue;
+        }
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => connect(cx, live, plan).await?,
+        };
+        shard.http.pool(reused);
+        let sent = sender.try_send_request(req);
+        let result = monoio::time::timeout(http.response_timeout, sent).await;
+        match result {
+            Err(_) => return Err((StatusCode::GATEWAY_TIMEOUT, "response timeout")),
+            Ok(Ok(resp)) => {
+                if !resp.headers().contains_key(header::CONNECTION)
+                    || !connection_close(resp.headers())
+                {
+                    ctx.http_pool
+                        .put(key, sender, http.pool_max_idle, http.pool_idle_timeout);
+                }
+                let mut resp = resp;
+                strip_hop_by_hop(resp.headers_mut());
+                return Ok(resp);
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) if reused => {
+                    req = back;
+                    continue;
+                }
+                _ => {
+                    let err = e.into_error();
+                    tracing::debug!(worker = ctx.id, upstream = %plan.target, error = %err, "upstream exchange failed");
+                    return Err((StatusCode::BAD_GATEWAY, "upstream reset"));
+                }
+            },
+        }
+    }
+    Err((StatusCode::BAD_GATEWAY, "upstream reset"))
+}
+
+fn connection_close(h: &HeaderMap) -> bool {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+}
+
+/// A new upstream connection: dial, mTLS to a meshed endpoint, HTTP/1.1 handshake, its
+/// connection task spawned on the worker.
+async fn connect(
+    cx: &Exchange<'_>,
+    live: &LiveConfig,
+    plan: &Plan,
+) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, Failed> {
+    let ctx = cx.ctx;
+    let w = &*cx.w;
+    let failed = |stop: &Stop| -> Failed {
+        match stop.outcome {
+            Outcome::ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "connect timeout"),
+            Outcome::NoIdentity => (StatusCode::SERVICE_UNAVAILABLE, "no identity"),
+            Outcome::IdentityMismatch | Outcome::TlsError => {
+                (StatusCode::BAD_GATEWAY, "upstream TLS handshake failed")
+            }
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "upstream unreachable"),
+        }
+    };
+    let stream = pipeline::dial(ctx, w, live, plan.target)
+        .await
+        .map_err(|s| log_failed(ctx, plan, &s, failed(&s)))?;
+    let tls = match &plan.identity {
+        Some(want) => {
+            let mut log = Conn::new(Direction::Outbound, w);
+            let link =
+                pipeline::mtls_client(ctx, w, &stream, want, live.timeouts.handshake, &mut log)
+                    .await
+                    .map_err(|s| log_failed(ctx, plan, &s, failed(&s)))?;
+            Some(Box::new(link.conn))
+        }
+        None => None,
+    };
+    let io = HttpIo::new(Rc::new(stream), tls, Vec::new(), None);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .writev(true)
+        .handshake(io)
+        .await
+        .map_err(|_| (StatusCode::BAD_GATEWAY, "upstream reset"))?;
+    monoio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+fn log_failed(ctx: &WorkerCtx, plan: &Plan, stop: &Stop, f: Failed) -> Failed {
+    tracing::debug!(worker = ctx.id, upstream = %plan.target, outcome = %stop.outcome, error = %stop.cause, "upstream connection for a request failed");
+    f
+}
+
+/// A response the proxy makes itself, counted like any other.
+fn local(
+    cx: &Exchange<'_>,
+    labels: &RequestLabels,
+    start: Instant,
+    status: StatusCode,
+    reason: &'static str,
+    close: bool,
+) -> Response<ProxyBody> {
+    let shard = cx.ctx.shard(&cx.w);
+    let took = start.elapsed();
+    shard.http.first_byte(cx.dir, &labels.service, took);
+    shard.http.response(
+        labels,
+        ResponseLabels {
+            status: status.as_u16(),
+            class: ringmesh_core::http::Classification::of(status.as_u16(), None),
+            grpc: None,
+            by_proxy: true,
+        },
+        took,
+    );
+    let body = format!("{} {reason}\n", status.as_u16());
+    let mut resp = Response::new(ProxyBody::local(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(PROXY_ERROR, HeaderValue::from_static(reason));
+    if close {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

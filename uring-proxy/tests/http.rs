@@ -1,0 +1,586 @@
+//! HTTP/1.1 through two in-process proxies with mTLS between them, on both drivers, driven
+//! by curl: requests counted and routed one by one, upstream connections pooled, L7 access
+//! control, failures answered as HTTP, malformed requests refused before the app.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use support::mesh::{CLIENT_ID, Identities, SERVER_ID};
+use support::*;
+use uring_proxy::{DriverChoice, Proxy};
+
+both_drivers!(
+    keep_alive_requests_through_two_sidecars,
+    bodies_stream_both_ways_byte_exact,
+    connection_per_request_reuses_pooled_mtls,
+    access_by_route_answers_403,
+    failures_answer_as_http,
+    malformed_http_never_reaches_the_app,
+    opaque_tcp_keeps_its_path,
+);
+
+/// An HTTP/1.1 app (hyper on its own tokio thread): `/echo` streams the request body back,
+/// `/status/N` answers N, anything else answers `METHOD path`. It keeps what it was asked.
+struct App {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    conns: Arc<AtomicU64>,
+}
+
+fn app() -> App {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let conns = Arc::new(AtomicU64::new(0));
+    let (s, c) = (seen.clone(), conns.clone());
+    thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            loop {
+                let (sock, _) = l.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let s = s.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(&s, req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    App { addr, seen, conns }
+}
+
+type AppBody = http_body_util::Either<Incoming, Full<Bytes>>;
+
+fn answer(seen: &Mutex<Vec<String>>, req: Request<Incoming>) -> Response<AppBody> {
+    let line = format!(
+        "{} {}",
+        req.method(),
+        req.uri().path_and_query().map_or("", |p| p.as_str())
+    );
+    seen.lock().unwrap().push(line.clone());
+    let path = req.uri().path().to_string();
+    if path == "/echo" {
+        return Response::new(http_body_util::Either::Left(req.into_body()));
+    }
+    let mut resp = Response::new(http_body_util::Either::Right(Full::new(Bytes::from(line))));
+    if let Some(code) = path.strip_prefix("/status/") {
+        *resp.status_mut() = hyper::StatusCode::from_u16(code.parse().unwrap()).unwrap();
+    }
+    resp
+}
+
+/// The inbound proxy in front of `app`, with `extra` config.
+fn server_proxy(driver: DriverChoice, ids: &Identities, app: SocketAddr, extra: &str) -> Proxy {
+    let cfg = config(&format!(
+        "identity: {{ source: workload_api, socket: \"{}\" }}\n{extra}",
+        ids.socket("server").display()
+    ));
+    start(driver, cfg, fixed(app))
+}
+
+/// The outbound proxy: the service `web` at 10.96.0.10:80 is `peer`, which must be
+/// SERVER_ID.
+fn client_proxy(driver: DriverChoice, ids: &Identities, peer: SocketAddr, extra: &str) -> Proxy {
+    let cfg = config(&format!(
+        "identity: {{ source: workload_api, socket: \"{}\" }}\nservices: [{{ name: web, addrs: [\"10.96.0.10:80\"], endpoints: [{{ addr: \"{peer}\", identity: \"{SERVER_ID}\" }}] }}]\n{extra}",
+        ids.socket("client").display()
+    ));
+    start(driver, cfg, fixed("10.96.0.10:80".parse().unwrap()))
+}
+
+struct Mesh {
+    app: App,
+    _ids: Identities,
+    sp: Proxy,
+    cp: Proxy,
+}
+
+fn mesh(driver: DriverChoice, server_extra: &str) -> Mesh {
+    let ids = Identities::start(Duration::from_secs(3600));
+    let app = app();
+    let sp = server_proxy(driver, &ids, app.addr, server_extra);
+    let cp = client_proxy(driver, &ids, sp.inbound_addr(), "");
+    Mesh {
+        app,
+        _ids: ids,
+        sp,
+        cp,
+    }
+}
+
+/// curl with `args`; returns stdout. `-sS`, a deadline, and no proxy from the environment.
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--noproxy", "*"])
+        .args(args)
+        .output()
+        .expect("curl runs (apt-get install curl)");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn url(p: &Proxy, path: &str) -> String {
+    format!("http://{}{path}", p.outbound_addr())
+}
+
+fn keep_alive_requests_through_two_sidecars(driver: DriverChoice) {
+    let m = mesh(driver, "inbound: { mode: strict }");
+    // Three requests on one connection (curl reuses it), one with a query.
+    let out = curl(&[
+        "-w",
+        "|%{http_code}|%{num_connects}\n",
+        &url(&m.cp, "/a"),
+        &url(&m.cp, "/b?x=1"),
+        &url(&m.cp, "/status/404"),
+    ]);
+    assert_eq!(
+        out, "GET /a|200|1\nGET /b?x=1|200|0\nGET /status/404|404|0\n",
+        "curl's view"
+    );
+    assert_eq!(
+        *m.app.seen.lock().unwrap(),
+        ["GET /a", "GET /b?x=1", "GET /status/404"]
+    );
+    // The client's proxy knows the service; the server's knows only its own port.
+    for (p, dir, svc) in [(&m.cp, "outbound", "web"), (&m.sp, "inbound", "")] {
+        assert_eq!(
+            metric(
+                p,
+                &format!(
+                    "ringmesh_http_requests_total{{direction=\"{dir}\",dst_service=\"{svc}\",method=\"GET\"}}"
+                )
+            ),
+            3,
+            "{dir} requests"
+        );
+        assert_eq!(
+            metric(
+                p,
+                &format!(
+                    "ringmesh_http_responses_total{{direction=\"{dir}\",status_code=\"404\",classification=\"success\",proxy=\"false\"}}"
+                )
+            ),
+            1
+        );
+        assert_eq!(
+            metric(
+                p,
+                &format!("ringmesh_http_detected_total{{direction=\"{dir}\",protocol=\"http1\"}}")
+            ),
+            1
+        );
+        assert_eq!(
+            metric(
+                p,
+                &format!(
+                    "ringmesh_http_response_duration_seconds_count{{direction=\"{dir}\",dst_service=\"{svc}\"}}"
+                )
+            ),
+            3
+        );
+    }
+    // One mTLS connection between the proxies carried them, and the app had one.
+    assert_eq!(
+        metric(
+            &m.cp,
+            "ringmesh_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}"
+        ),
+        1
+    );
+    assert_eq!(m.app.conns.load(Ordering::SeqCst), 1);
+}
+
+fn bodies_stream_both_ways_byte_exact(driver: DriverChoice) {
+    let m = mesh(driver, "");
+    let dir = ScratchDir::new(&format!(
+        "ringmesh-http-body-{}-{driver:?}",
+        std::process::id()
+    ));
+    let input = dir.join("in");
+    let output = dir.join("out");
+    // 64 MiB, streamed: curl sends it chunked (no length) and the app echoes it as it comes.
+    let data = pattern(64 << 20);
+    std::fs::write(&input, &data).unwrap();
+    let code = curl(&[
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", input.display()),
+        "-o",
+        &output.display().to_string(),
+        &url(&m.cp, "/echo"),
+    ]);
+    assert_eq!(code, "200");
+    let back = std::fs::read(&output).unwrap();
+    assert!(
+        back == data,
+        "echo differs ({} of {} bytes)",
+        back.len(),
+        data.len()
+    );
+    // With a Content-Length and Expect: 100-continue (curl sends it for large bodies).
+    let small = pattern(3 << 20);
+    std::fs::write(&input, &small).unwrap();
+    let code = curl(&[
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &format!("@{}", input.display()),
+        "-o",
+        &output.display().to_string(),
+        &url(&m.cp, "/echo"),
+    ]);
+    assert_eq!(code, "200");
+    assert!(std::fs::read(&output).unwrap() == small);
+}
+
+fn connection_per_request_reuses_pooled_mtls(driver: DriverChoice) {
+    let m = mesh(driver, "");
+    for i in 0..10 {
+        let out = curl(&[&url(&m.cp, &format!("/n{i}"))]);
+        assert_eq!(out, format!("GET /n{i}"));
+    }
+    assert_eq!(
+        metric(
+            &m.cp,
+            "ringmesh_connections_opened_total{direction=\"outbound\"}"
+        ),
+        10,
+        "ten client connections"
+    );
+    assert_eq!(
+        metric(
+            &m.cp,
+            "ringmesh_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}"
+        ),
+        // Two workers, each with its own pool: at most one handshake each.
+        metric(
+            &m.cp,
+            "ringmesh_http_upstream_connections_total{pool=\"miss\"}"
+        ),
+    );
+    assert!(
+        metric(
+            &m.cp,
+            "ringmesh_http_upstream_connections_total{pool=\"miss\"}"
+        ) <= 2,
+        "pooled: at most one upstream connection per worker"
+    );
+    assert!(
+        metric(
+            &m.cp,
+            "ringmesh_http_upstream_connections_total{pool=\"hit\"}"
+        ) >= 8
+    );
+    assert!(m.app.conns.load(Ordering::SeqCst) <= 2);
+}
+
+fn access_by_route_answers_403(driver: DriverChoice) {
+    let ids = Identities::start(Duration::from_secs(3600));
+    let app = app();
+    let sp = server_proxy(
+        driver,
+        &ids,
+        app.addr,
+        &format!(
+            r#"
+inbound: {{ mode: strict }}
+http:
+  route_groups:
+    - name: api
+      matches:
+        - {{ name: read, pathRegex: "/api(/.*)?", methods: [GET] }}
+        - {{ name: ops, pathRegex: "/admin", methods: ["*"], headers: {{ x-role: "ops" }} }}
+access:
+  default: deny
+  rules:
+    - destination: {{ port: {} }}
+      sources: ["{CLIENT_ID}"]
+      routes: [api]
+"#,
+            app.addr.port()
+        ),
+    );
+    let cp = client_proxy(driver, &ids, sp.inbound_addr(), "");
+    let ask = |method: &str, path: &str, extra: &[&str]| -> (String, String) {
+        let mut args = vec![
+            "-X",
+            method,
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ];
+        args.extend_from_slice(extra);
+        let u = url(&cp, path);
+        args.push(&u);
+        let out = curl(&args);
+        let code = out[out.len() - 3..].to_string();
+        (code, out)
+    };
+    for (method, path, extra, want) in [
+        ("GET", "/api", &[][..], "200"),
+        ("GET", "/api/x", &[], "200"),
+        ("POST", "/api/x", &[], "403"),
+        ("GET", "/apiv2", &[], "403"),
+        ("GET", "/API/x", &[], "403"),
+        ("GET", "/v1/api", &[], "403"),
+        ("DELETE", "/admin", &["-H", "X-Role: ops"][..], "200"),
+        ("DELETE", "/admin", &["-H", "X-Role: opsx"][..], "403"),
+        ("DELETE", "/admin", &[], "403"),
+        // Encoded unreserved characters are decoded before matching (and forwarded so).
+        ("GET", "/%61pi/y", &[], "200"),
+        // Dot segments cannot climb out of an allowed prefix.
+        ("GET", "/api/../admin", &["--path-as-is"][..], "403"),
+        // An encoded slash is refused outright: the app could read it as a separator.
+        ("GET", "/api%2F..%2Fadmin", &[], "400"),
+    ] {
+        let (code, head) = ask(method, path, extra);
+        assert_eq!(code, want, "{method} {path} {extra:?}: {head}");
+        if want != "200" {
+            assert!(
+                head.to_ascii_lowercase().contains("ringmesh-proxy-error:"),
+                "{method} {path}: the proxy says it answered: {head}"
+            );
+        }
+    }
+    assert_eq!(
+        *app.seen.lock().unwrap(),
+        ["GET /api", "GET /api/x", "DELETE /admin", "GET /api/y"],
+        "only allowed requests reached the app"
+    );
+    assert_eq!(metric(&sp, "ringmesh_http_access_denied_total"), 7);
+    assert_eq!(
+        metric(
+            &sp,
+            "ringmesh_http_requests_total{direction=\"inbound\",route=\"api/read\",method=\"GET\"}"
+        ),
+        3
+    );
+    // A route-scoped rule allows no opaque connection: raw bytes to the same port are refused.
+    let mut c = connect(cp.outbound_addr());
+    c.write_all(b"\x00\x01not http\r\n").unwrap();
+    let mut buf = [0u8; 16];
+    let got = c.read(&mut buf);
+    assert!(
+        matches!(got, Ok(0)) || got.as_ref().is_err_and(is_reset),
+        "opaque refused: {got:?}"
+    );
+    wait_until(
+        "the opaque refusal is counted",
+        Duration::from_secs(5),
+        || {
+            closed(
+                &sp,
+                ringmesh_core::metrics::Direction::Inbound,
+                ringmesh_core::metrics::Outcome::AccessDenied,
+            ) == 1
+        },
+    );
+}
+
+fn failures_answer_as_http(driver: DriverChoice) {
+    // 503: nothing listens at the endpoint.
+    let closed_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // 504: an endpoint that takes the request and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    // 502: an endpoint that reads the request and resets.
+    let rude = TcpListener::bind("127.0.0.1:0").unwrap();
+    let rude_addr = rude.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut s in rude.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+    });
+    let services = format!(
+        r#"
+http: {{ response_timeout: 500ms }}
+services:
+  - {{ name: gone, addrs: ["10.96.0.1:80"], endpoints: [{{ addr: "{closed_port}" }}] }}
+  - {{ name: silent, addrs: ["10.96.0.2:80"], endpoints: [{{ addr: "{silent_addr}" }}] }}
+  - {{ name: rude, addrs: ["10.96.0.3:80"], endpoints: [{{ addr: "{rude_addr}" }}] }}
+"#
+    );
+    for (vip, want, reason) in [
+        ("10.96.0.1:80", "503", "upstream unreachable"),
+        ("10.96.0.2:80", "504", "response timeout"),
+        ("10.96.0.3:80", "502", "upstream reset"),
+    ] {
+        let p = start(driver, config(&services), fixed(vip.parse().unwrap()));
+        let out = curl(&["-D", "-", "-w", "%{http_code}", &url(&p, "/x")]);
+        assert!(out.ends_with(want), "{vip}: {out}");
+        assert!(
+            out.to_ascii_lowercase()
+                .contains(&format!("ringmesh-proxy-error: {reason}")),
+            "{vip}: {out}"
+        );
+        assert_eq!(
+            metric(
+                &p,
+                &format!(
+                    "ringmesh_http_responses_total{{status_code=\"{want}\",classification=\"failure\",proxy=\"true\"}}"
+                )
+            ),
+            1
+        );
+    }
+}
+
+/// Sends `raw` on a new connection to `to` and returns the response's status line.
+fn raw_status(to: SocketAddr, raw: &[u8]) -> String {
+    let mut c = connect(to);
+    c.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn malformed_http_never_reaches_the_app(driver: DriverChoice) {
+    let app = app();
+    let p = start(
+        driver,
+        config(&format!(
+            "protocols: {{ ports: {{ {}: http }} }}\nhttp: {{ max_header_bytes: 16384 }}",
+            app.addr.port()
+        )),
+        fixed(app.addr),
+    );
+    let to = p.outbound_addr();
+    for (raw, want) in [
+        (
+            &b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"
+                [..],
+            "HTTP/1.1 400",
+        ),
+        (b"GET /x HTTP/1.1\r\nHost a\r\n\r\n", "HTTP/1.1 400"),
+        (b"GET\x01/ HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
+        (b"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400"),
+    ] {
+        assert!(
+            raw_status(to, raw).starts_with(want),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    let mut big = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 32 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(
+        raw_status(to, &big),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert!(
+        app.seen.lock().unwrap().is_empty(),
+        "nothing reached the app: {:?}",
+        app.seen.lock().unwrap()
+    );
+    // Content-Length with Transfer-Encoding: framed by the chunked encoding (the length is
+    // dropped), answered, and the connection closed, so what the length would have framed
+    // differently (a smuggled request) is never read as a request.
+    let mut c = connect(to);
+    c.write_all(b"POST /te HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        text.matches("HTTP/1.1").count(),
+        1,
+        "one response, then closed: {text}"
+    );
+    assert_eq!(*app.seen.lock().unwrap(), ["POST /te"]);
+    app.seen.lock().unwrap().clear();
+    // A good request on the same port still works.
+    assert_eq!(curl(&[&url(&p, "/ok")]), "GET /ok");
+}
+
+fn opaque_tcp_keeps_its_path(driver: DriverChoice) {
+    // Not HTTP: detection decides on the first bytes and the copy carries them.
+    let echo = echo_server();
+    let p = start(driver, config(""), fixed(echo.addr));
+    let mut c = connect(p.outbound_addr());
+    roundtrip(&mut c, b"\x00\x01binary, not HTTP");
+    let data = pattern(1 << 20);
+    assert!(echo_all(&mut c, &data) == data);
+    assert_eq!(
+        metric(
+            &p,
+            "ringmesh_http_detected_total{direction=\"outbound\",protocol=\"opaque\"}"
+        ),
+        1
+    );
+    // A server-first port skips detection: the server's greeting is not held up.
+    let greeter = TcpListener::bind("127.0.0.1:0").unwrap();
+    let greeter_addr = greeter.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut s in greeter.incoming().flatten() {
+            let _ = s.write_all(b"220 hello\r\n");
+        }
+    });
+    let p2 = start(
+        driver,
+        config(&format!(
+            "protocols: {{ ports: {{ {}: opaque }} }}",
+            greeter_addr.port()
+        )),
+        fixed(greeter_addr),
+    );
+    let mut c = connect(p2.outbound_addr());
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 11];
+    c.read_exact(&mut buf)
+        .expect("greeting within 500 ms (well under the detection timeout)");
+    assert_eq!(&buf, b"220 hello\r\n");
+}
