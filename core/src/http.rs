@@ -94,10 +94,12 @@ enum Line {
 /// `method SP request-target SP HTTP/1.d CRLF` (RFC 9112 §3), checked as far as it goes.
 fn request_line(buf: &[u8]) -> Line {
     let mut i = 0;
-    // The method: a token, at most 32 characters.
-    while i < buf.len() && is_tchar(buf[i]) {
+    // The method: a token, and in practice upper-case letters, `-` and `_` (every registered
+    // method is), at most 24 of them. Narrower than the grammar so that a binary or
+    // lower-case payload is told from HTTP at its first byte instead of after the timeout.
+    while i < buf.len() && is_method_char(buf[i]) {
         i += 1;
-        if i > 32 {
+        if i > 24 {
             return Line::Invalid;
         }
     }
@@ -136,8 +138,23 @@ fn request_line(buf: &[u8]) -> Line {
     }
 }
 
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// Whether the request head in `buf` (as far as it goes) has an `Upgrade` header: a
+/// WebSocket (or other) upgrade, which the proxy carries as a tunnel.
+pub fn asks_upgrade(buf: &[u8]) -> bool {
+    for line in buf.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return false;
+        }
+        if line.len() > 8 && line[..8].eq_ignore_ascii_case(b"upgrade:") {
+            return true;
+        }
+    }
+    false
+}
+
+fn is_method_char(b: u8) -> bool {
+    b.is_ascii_uppercase() || b == b'-' || b == b'_'
 }
 
 /// A request method as metrics label it: the common ones by name, the rest as `other`

@@ -447,6 +447,10 @@ pub(crate) async fn classify(
                 .await
                 .map_err(|e| Stop::io(Side::Downstream, e))?;
             match found.found {
+                // A WebSocket (or other upgrade) is carried as a tunnel from its first byte.
+                Some(Sniff::Http1) if found.upgrade => {
+                    (ProtocolSeen::Upgrade, Handling::Opaque(found.prefix))
+                }
                 Some(Sniff::Http1) => (ProtocolSeen::Http1, Handling::Http(found.prefix)),
                 Some(Sniff::Http2) => (ProtocolSeen::Http2, Handling::Opaque(found.prefix)),
                 Some(_) => (ProtocolSeen::Opaque, Handling::Opaque(found.prefix)),

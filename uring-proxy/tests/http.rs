@@ -29,6 +29,7 @@ both_drivers!(
     failures_answer_as_http,
     malformed_http_never_reaches_the_app,
     opaque_tcp_keeps_its_path,
+    websocket_upgrade_is_a_tunnel,
 );
 
 /// An HTTP/1.1 app (hyper on its own tokio thread): `/echo` streams the request body back,
@@ -583,4 +584,46 @@ fn opaque_tcp_keeps_its_path(driver: DriverChoice) {
     c.read_exact(&mut buf)
         .expect("greeting within 500 ms (well under the detection timeout)");
     assert_eq!(&buf, b"220 hello\r\n");
+}
+
+fn websocket_upgrade_is_a_tunnel(driver: DriverChoice) {
+    // A WebSocket-style server: reads the upgrade request, answers 101, then echoes bytes.
+    let ws = server(|mut s| {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        assert!(String::from_utf8_lossy(&head).contains("Upgrade: websocket"));
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .unwrap();
+        let mut r = s.try_clone().unwrap();
+        let _ = std::io::copy(&mut r, &mut s);
+    });
+    let ids = Identities::start(Duration::from_secs(3600));
+    let sp = server_proxy(driver, &ids, ws.addr, "inbound: { mode: strict }");
+    let cp = client_proxy(driver, &ids, sp.inbound_addr(), "");
+    let mut c = connect(cp.outbound_addr());
+    c.write_all(b"GET /chat HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut b).unwrap(), 1, "closed before the 101");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // Frames both ways, as bytes.
+    roundtrip(&mut c, b"\x81\x05hello");
+    let data = pattern(1 << 20);
+    assert!(echo_all(&mut c, &data) == data);
+    for p in [&cp, &sp] {
+        assert!(metric(p, "ringmesh_http_detected_total{protocol=\"upgrade\"}") == 1);
+    }
 }

@@ -35,6 +35,9 @@ fn sniff_tells_http1_h2_and_opaque() {
         b"GET / HTTP/1.1x",
         b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
         b"PING\r\n",
+        b"qqqqqqqqqqqqqqqq",
+        b"get / HTTP/1.1\r\n",
+        b"AAAAAAAAAAAAAAAAAAAAAAAAA",
     ] {
         assert_eq!(
             sniff(other),
@@ -149,4 +152,18 @@ fn classification_reads_grpc_status() {
     assert_eq!(Classification::of(200, Some(14)), Classification::Failure);
     assert_eq!(MethodClass::of("GET").as_str(), "GET");
     assert_eq!(MethodClass::of("BREW").as_str(), "other");
+}
+
+#[test]
+fn upgrade_requests_are_seen_in_the_head() {
+    assert!(asks_upgrade(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    ));
+    assert!(asks_upgrade(b"GET /ws HTTP/1.1\r\nupgrade: h2c\r\n"));
+    assert!(!asks_upgrade(
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nUpgrade: in the body\r\n"
+    ));
+    assert!(!asks_upgrade(
+        b"GET /upgrade: HTTP/1.1\r\nX-Upgrade: no\r\n\r\n"
+    ));
 }

@@ -37,16 +37,19 @@ pub enum ProtocolSeen {
     Pinned,
     /// Nothing conclusive within the detection timeout.
     Timeout,
+    /// An HTTP/1.x request asking for an upgrade (WebSocket): carried as a tunnel.
+    Upgrade,
 }
 
 impl ProtocolSeen {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Http1,
         Self::Http2,
         Self::Opaque,
         Self::Skipped,
         Self::Pinned,
         Self::Timeout,
+        Self::Upgrade,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -56,6 +59,7 @@ impl ProtocolSeen {
             Self::Skipped => "skipped",
             Self::Pinned => "pinned",
             Self::Timeout => "timeout",
+            Self::Upgrade => "upgrade",
         }
     }
 }
@@ -234,7 +238,7 @@ pub(crate) fn render<'a>(
         o,
         "ringmesh_http_detected_total",
         "counter",
-        "Connections by what protocol detection decided (http1: handled request by request; http2: the preface, copied opaquely; skipped: a server-first or undetected port; pinned: a port the config pins to HTTP; timeout: nothing conclusive in time).",
+        "Connections by what protocol detection decided (http1: handled request by request; http2: the preface, copied opaquely; skipped: a server-first or undetected port; pinned: a port the config pins to HTTP; timeout: nothing conclusive in time; upgrade: an HTTP/1.x upgrade request, carried as a tunnel).",
     );
     for ((w, d, p), n) in &detected {
         let _ = writeln!(
