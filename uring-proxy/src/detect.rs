@@ -124,50 +124,8 @@ pub(crate) async fn sniff_http(
     use ringmesh_core::http::{MAX_SNIFF, Sniff, sniff};
     let fd = sock.as_raw_fd();
     let deadline = Instant::now().checked_add(timeout);
-    // A plaintext stream with nothing read yet is peeked at: when the first bytes decide
-    // (they nearly always do), they stay in the socket and the copy or the HTTP engine reads
-    // them itself, with nothing to replay. Only a start that needs more is consumed.
-    let mut peeking = prefix.is_empty() && tls.is_none();
     let mut buf = prefix;
     let mut chunk = [0u8; 4096];
-    while peeking {
-        match sys::peek(fd, &mut chunk) {
-            Ok(0) => {
-                return Ok(HttpSniff {
-                    found: None,
-                    prefix: buf,
-                    upgrade: false,
-                });
-            }
-            Ok(n) => match sniff(&chunk[..n]) {
-                Sniff::NeedMore => peeking = false,
-                found => {
-                    return Ok(HttpSniff {
-                        found: Some(found),
-                        prefix: buf,
-                        upgrade: ringmesh_core::http::asks_upgrade(&chunk[..n]),
-                    });
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let left =
-                    deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
-                if left.is_zero()
-                    || monoio::time::timeout(left, sock.readable(false))
-                        .await
-                        .is_err()
-                {
-                    return Ok(HttpSniff {
-                        found: None,
-                        prefix: buf,
-                        upgrade: false,
-                    });
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
     loop {
         match sniff(&buf) {
             Sniff::NeedMore => {}

@@ -176,11 +176,6 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     nix::sys::socket::recv(fd, buf, MsgFlags::MSG_DONTWAIT).map_err(io)
 }
 
-/// Non-blocking `recv(2)` with `MSG_PEEK`: the bytes stay in the socket.
-pub fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    nix::sys::socket::recv(fd, buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK).map_err(io)
-}
-
 /// Non-blocking `send(2)` of `buf`, without SIGPIPE when the peer is gone.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     nix::sys::socket::send(fd, buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL).map_err(io)
