@@ -159,6 +159,10 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        // Nothing to read into: not the end of the stream (rustls would say 0 for both).
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         if self.prefix_at < self.prefix.len() {
             let rest = &self.prefix[self.prefix_at..];
             let n = rest.len().min(buf.len());
