@@ -23,6 +23,9 @@ pub(crate) enum Surface {
     Health(Arc<crate::health::AppProbes>),
 }
 
+/// How long the admin may hold the spare descriptor for one connection.
+const SPARE_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, surface: Surface) {
     let listener = match listener
         .set_nonblocking(true)
@@ -34,10 +37,6 @@ pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, 
             return;
         }
     };
-    // As in the workers' accept loops, a spare descriptor keeps the admin endpoints reachable
-    // (one connection at a time) when the process is out of them: that is when /metrics
-    // matters most.
-    let mut reserve = std::fs::File::open("/dev/null").ok();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -45,13 +44,19 @@ pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, 
                 if e.raw_os_error() == Some(libc::EMFILE)
                     || e.raw_os_error() == Some(libc::ENFILE) =>
             {
-                drop(reserve.take());
-                if let Ok((s, _)) = listener.accept().await {
-                    serve_one(s, shared.clone(), surface.clone()).await;
-                }
-                reserve = std::fs::File::open("/dev/null").ok();
-                if reserve.is_none() {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // Out of descriptors, which is when /metrics matters most: the process's
+                // spare is given up to answer one connection at a time (bounded, so a slow
+                // client cannot keep it from the workers).
+                if let Some(lent) = shared.spare_fd.lend() {
+                    if let Ok(Ok((s, _))) =
+                        tokio::time::timeout(SPARE_HOLD, listener.accept()).await
+                    {
+                        let one = serve_one(s, shared.clone(), surface.clone());
+                        let _ = tokio::time::timeout(SPARE_HOLD, one).await;
+                    }
+                    drop(lent);
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
                 continue;
             }

@@ -26,6 +26,57 @@ use ringmesh_ctrl::nats::layout::Versions;
 use crate::driver::Resolved;
 use crate::workload::Workload;
 
+/// One descriptor held back for the moment the process runs out of them. An accept loop that
+/// meets `EMFILE` closes it to accept one pending connection (the workers refuse it at once,
+/// the admin answers it), then opens it again. There is one per process, taken by one loop at
+/// a time: with a spare per loop, two loops juggling at once would take each other's, and the
+/// loser (the admin, as often as not) would be left with none.
+pub(crate) struct SpareFd(std::sync::Mutex<Spare>);
+
+struct Spare {
+    file: Option<std::fs::File>,
+    lent: bool,
+}
+
+/// The spare given up for one accept; dropping it takes the descriptor back.
+pub(crate) struct SpareLent<'a>(&'a SpareFd);
+
+impl SpareFd {
+    fn new() -> Self {
+        Self(std::sync::Mutex::new(Spare {
+            file: std::fs::File::open("/dev/null").ok(),
+            lent: false,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Spare> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes the spare for one accept, or `None` while another loop has it.
+    pub(crate) fn lend(&self) -> Option<SpareLent<'_>> {
+        let mut spare = self.lock();
+        if spare.lent {
+            return None;
+        }
+        spare.lent = true;
+        drop(spare.file.take());
+        Some(SpareLent(self))
+    }
+}
+
+impl Drop for SpareLent<'_> {
+    fn drop(&mut self) {
+        let mut spare = self.0.lock();
+        // When the descriptor went elsewhere meanwhile there is none to take back; the next
+        // loop to lend tries again (by then connections may have closed).
+        spare.file = std::fs::File::open("/dev/null").ok();
+        spare.lent = false;
+    }
+}
+
 /// Where a config came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -119,6 +170,8 @@ pub struct Shared {
     pub workloads: Box<[ArcSwapOption<Workload>]>,
     /// One command inbox per worker (node mode adds and removes workloads through them).
     pub(crate) worker_cmds: Box<[tokio::sync::mpsc::UnboundedSender<crate::node::WorkerCmd>]>,
+    /// The descriptor held back for when the process runs out of them.
+    pub(crate) spare_fd: SpareFd,
     /// Per worker: heartbeat and log tally.
     pub workers: Box<[WorkerStats]>,
     pub workers_pinned: bool,
@@ -199,6 +252,7 @@ impl Shared {
                     .collect(),
             },
             worker_cmds: s.worker_cmds.into(),
+            spare_fd: SpareFd::new(),
             config: ArcSwap::from_pointee(Snapshot {
                 config: s.config,
                 source: s.source,

@@ -7,7 +7,6 @@
 //! with it, and an orchestrator restarting the proxy is better than a pod that reports
 //! ready behind a dead worker.
 
-use std::fs::File;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -225,9 +224,6 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, workload: usize, listen
     let slot = ctx.slot(workload);
     slot.accepting.set(slot.accepting.get() + 1);
     let running = AcceptGuard(slot.clone());
-    // A spare descriptor, given up when the process runs out so that one pending connection
-    // can be accepted and closed: the client hears at once instead of waiting in the backlog.
-    let mut reserve = File::open("/dev/null").ok();
     let mut backoff = Duration::ZERO;
     // The config whose TCP options the listener carries (accepted sockets inherit them).
     let mut tcp_generation = 0;
@@ -275,13 +271,17 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, dir: Direction, workload: usize, listen
                         "out of file descriptors; refusing new connections and backing off"
                     );
                 }
-                drop(reserve.take());
-                if let Ok(Ok((stream, _))) =
-                    monoio::time::timeout(Duration::from_millis(1), listener.accept()).await
-                {
-                    copy::reset(&stream);
+                // The process's spare descriptor, given up so that one pending connection can
+                // be accepted and closed: the client hears at once instead of waiting in the
+                // backlog.
+                if let Some(lent) = shared.spare_fd.lend() {
+                    if let Ok(Ok((stream, _))) =
+                        monoio::time::timeout(Duration::from_millis(1), listener.accept()).await
+                    {
+                        copy::reset(&stream);
+                    }
+                    drop(lent);
                 }
-                reserve = File::open("/dev/null").ok();
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
                 monoio::select! {
                     biased;
