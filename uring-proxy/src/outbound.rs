@@ -46,18 +46,15 @@ async fn proxy(ctx: &Rc<WorkerCtx>, w: &Workload, down: &TcpStream, conn: &mut C
     let prefix = match handling {
         // HTTP: request by request, each routed on its own (boxed: the engine's state is
         // large, and only HTTP connections need it).
-        Handling::Http(prefix) => {
-            return Box::pin(http::serve(
-                ctx,
-                w,
-                Direction::Outbound,
-                down,
+        Handling::Http(prefix, wire) => {
+            let start = http::Start {
                 dst,
-                None,
-                None,
+                peer: None,
+                tls: None,
                 prefix,
-            ))
-            .await;
+                wire,
+            };
+            return Box::pin(http::serve(ctx, w, Direction::Outbound, down, start)).await;
         }
         Handling::Opaque(prefix) => prefix,
     };

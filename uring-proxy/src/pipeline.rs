@@ -411,8 +411,8 @@ pub(crate) async fn unless_closing<T>(
 
 /// How a connection is handled once detection has read its start.
 pub(crate) enum Handling {
-    /// HTTP/1.x, request by request; the bytes detection read come first.
-    Http(Vec<u8>),
+    /// HTTP, request by request; the bytes detection read come first.
+    Http(Vec<u8>, crate::http::Wire),
     /// Bytes as they come; those detection read are written upstream first.
     Opaque(Vec<u8>),
 }
@@ -428,6 +428,7 @@ pub(crate) async fn classify(
     port: u16,
     prefix: Vec<u8>,
 ) -> Result<Handling, Stop> {
+    use crate::http::Wire;
     use ringmesh_core::http::{Protocol, Sniff};
     use ringmesh_core::metrics::ProtocolSeen;
     let snap = ctx.shared.config.load();
@@ -438,10 +439,8 @@ pub(crate) async fn classify(
     let shard = ctx.shard(w);
     let (seen, handling) = match protocol {
         Protocol::Opaque => (ProtocolSeen::Skipped, Handling::Opaque(prefix)),
-        // No HTTP/2 engine yet: h2 and gRPC are copied as bytes (the TLS between proxies
-        // still applies).
-        Protocol::Http2 => (ProtocolSeen::Pinned, Handling::Opaque(prefix)),
-        Protocol::Http => (ProtocolSeen::Pinned, Handling::Http(prefix)),
+        Protocol::Http2 => (ProtocolSeen::Pinned, Handling::Http(prefix, Wire::H2)),
+        Protocol::Http => (ProtocolSeen::Pinned, Handling::Http(prefix, Wire::H1)),
         Protocol::Detect => {
             let found = crate::detect::sniff_http(down, tls, prefix, timeout)
                 .await
@@ -451,8 +450,8 @@ pub(crate) async fn classify(
                 Some(Sniff::Http1) if found.upgrade => {
                     (ProtocolSeen::Upgrade, Handling::Opaque(found.prefix))
                 }
-                Some(Sniff::Http1) => (ProtocolSeen::Http1, Handling::Http(found.prefix)),
-                Some(Sniff::Http2) => (ProtocolSeen::Http2, Handling::Opaque(found.prefix)),
+                Some(Sniff::Http1) => (ProtocolSeen::Http1, Handling::Http(found.prefix, Wire::H1)),
+                Some(Sniff::Http2) => (ProtocolSeen::Http2, Handling::Http(found.prefix, Wire::H2)),
                 Some(_) => (ProtocolSeen::Opaque, Handling::Opaque(found.prefix)),
                 None => (ProtocolSeen::Timeout, Handling::Opaque(found.prefix)),
             }

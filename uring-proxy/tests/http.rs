@@ -1,6 +1,7 @@
-//! HTTP/1.1 through two in-process proxies with mTLS between them, on both drivers, driven
-//! by curl: requests counted and routed one by one, upstream connections pooled, L7 access
-//! control, failures answered as HTTP, malformed requests refused before the app.
+//! HTTP/1.1, h2c and gRPC through two in-process proxies with mTLS between them, on both
+//! drivers, driven by curl and grpcio: requests counted and routed one by one, upstream
+//! connections pooled, L7 access control, failures answered as HTTP, malformed requests
+//! refused before the app.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
 
 mod support;
@@ -30,10 +31,13 @@ both_drivers!(
     malformed_http_never_reaches_the_app,
     opaque_tcp_keeps_its_path,
     websocket_upgrade_is_a_tunnel,
+    http2_prior_knowledge_through_two_sidecars,
+    grpc_from_a_peer_nobody_here_wrote,
 );
 
-/// An HTTP/1.1 app (hyper on its own tokio thread): `/echo` streams the request body back,
-/// `/status/N` answers N, anything else answers `METHOD path`. It keeps what it was asked.
+/// An HTTP/1.1 and h2c app (hyper on its own tokio thread): `/echo` streams the request body
+/// back, `/status/N` answers N, `/version` the HTTP version it was asked in, anything else
+/// answers `METHOD path`. It keeps what it was asked.
 struct App {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
@@ -63,9 +67,11 @@ fn app() -> App {
                         let s = s.clone();
                         async move { Ok::<_, std::convert::Infallible>(answer(&s, req)) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
-                        .await;
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                    .await;
                 });
             }
         });
@@ -85,6 +91,10 @@ fn answer(seen: &Mutex<Vec<String>>, req: Request<Incoming>) -> Response<AppBody
     let path = req.uri().path().to_string();
     if path == "/echo" {
         return Response::new(http_body_util::Either::Left(req.into_body()));
+    }
+    if path == "/version" {
+        let v = format!("{:?}", req.version());
+        return Response::new(http_body_util::Either::Right(Full::new(Bytes::from(v))));
     }
     let mut resp = Response::new(http_body_util::Either::Right(Full::new(Bytes::from(line))));
     if let Some(code) = path.strip_prefix("/status/") {
@@ -544,6 +554,44 @@ fn malformed_http_never_reaches_the_app(driver: DriverChoice) {
     app.seen.lock().unwrap().clear();
     // A good request on the same port still works.
     assert_eq!(curl(&[&url(&p, "/ok")]), "GET /ok");
+    app.seen.lock().unwrap().clear();
+
+    // HTTP/2 garbage after a good preface (detected, not pinned): a CONTINUATION with no
+    // HEADERS before it, then a frame with a reserved type and a length past the limit. The
+    // proxy's h2 answers GOAWAY with PROTOCOL_ERROR (or FRAME_SIZE_ERROR) and closes.
+    let p2 = start(driver, config(""), fixed(app.addr));
+    let mut c = connect(p2.outbound_addr());
+    let mut raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    raw.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    raw.extend_from_slice(&[0, 0, 4, 9, 0, 0, 0, 0, 1, b'j', b'u', b'n', b'k']);
+    raw.extend_from_slice(&[0xff, 0xff, 0xff, 0xee, 0, 0, 0, 0, 3]);
+    let _ = c.write_all(&raw);
+    let mut out = Vec::new();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.read_to_end(&mut out);
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= out.len() {
+        let len =
+            usize::from(out[at]) << 16 | usize::from(out[at + 1]) << 8 | usize::from(out[at + 2]);
+        let payload = &out[at + 9..(at + 9 + len).min(out.len())];
+        frames.push((out[at + 3], payload.to_vec()));
+        at += 9 + len;
+    }
+    let goaway = frames
+        .iter()
+        .find(|(kind, _)| *kind == 7)
+        .unwrap_or_else(|| panic!("no GOAWAY in {frames:?}"));
+    let code = u32::from_be_bytes(goaway.1[4..8].try_into().unwrap());
+    assert!(code == 1 || code == 6, "GOAWAY error code {code}");
+    assert!(
+        app.seen.lock().unwrap().is_empty(),
+        "h2 garbage reached the app"
+    );
+    assert_eq!(
+        metric(&p2, "ringmesh_http_detected_total{protocol=\"http2\"}"),
+        1
+    );
 }
 
 fn opaque_tcp_keeps_its_path(driver: DriverChoice) {
@@ -625,5 +673,164 @@ fn websocket_upgrade_is_a_tunnel(driver: DriverChoice) {
     assert!(echo_all(&mut c, &data) == data);
     for p in [&cp, &sp] {
         assert!(metric(p, "ringmesh_http_detected_total{protocol=\"upgrade\"}") == 1);
+    }
+}
+
+fn http2_prior_knowledge_through_two_sidecars(driver: DriverChoice) {
+    let m = mesh(driver, "inbound: { mode: strict }");
+    // One request per connection: curl 7.88 (Debian 12) fails a second request on a reused
+    // h2c prior-knowledge connection even against a plain hyper server; grpcio below
+    // multiplexes on one connection.
+    let h2 = |path: &str| {
+        curl(&[
+            "--http2-prior-knowledge",
+            "-w",
+            "|%{http_code}|%{http_version}",
+            &url(&m.cp, path),
+        ])
+    };
+    assert_eq!(h2("/a"), "GET /a|200|2");
+    assert_eq!(
+        h2("/version"),
+        "HTTP/2.0|200|2",
+        "the app was asked in HTTP/2 too"
+    );
+    assert_eq!(h2("/status/503"), "GET /status/503|503|2");
+    // A body both ways, across many DATA frames and flow-control windows.
+    let dir = ScratchDir::new(&format!(
+        "ringmesh-h2-body-{}-{driver:?}",
+        std::process::id()
+    ));
+    let data = pattern(8 << 20);
+    std::fs::write(dir.join("body"), &data).unwrap();
+    let back = dir.join("back");
+    curl(&[
+        "--http2-prior-knowledge",
+        "--data-binary",
+        &format!("@{}", dir.join("body").display()),
+        "-o",
+        back.to_str().unwrap(),
+        &url(&m.cp, "/echo"),
+    ]);
+    assert!(std::fs::read(&back).unwrap() == data, "echo differs");
+    // Another connection per request: every one shares the pooled h2 connection upstream.
+    for _ in 0..3 {
+        assert_eq!(
+            curl(&["--http2-prior-knowledge", &url(&m.cp, "/version")]),
+            "HTTP/2.0"
+        );
+    }
+    // Each of the client proxy's two workers pools its own: at most two mTLS connections
+    // (and two app connections) carried all seven client connections' requests.
+    let upstreams = metric(
+        &m.cp,
+        "ringmesh_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}",
+    );
+    assert!((1..=2).contains(&upstreams), "{upstreams} mTLS handshakes");
+    assert_eq!(
+        metric(
+            &m.cp,
+            "ringmesh_http_upstream_connections_total{pool=\"miss\"}"
+        ),
+        upstreams
+    );
+    assert!(m.app.conns.load(Ordering::SeqCst) <= 2);
+    for (p, dir) in [(&m.cp, "outbound"), (&m.sp, "inbound")] {
+        assert_eq!(
+            metric(
+                p,
+                &format!("ringmesh_http_detected_total{{direction=\"{dir}\",protocol=\"http2\"}}")
+            ),
+            if dir == "outbound" { 7 } else { upstreams },
+            "{dir} detections"
+        );
+        assert_eq!(
+            metric(
+                p,
+                &format!("ringmesh_http_requests_total{{direction=\"{dir}\",method=\"GET\"}}")
+            ),
+            6,
+            "{dir} GETs"
+        );
+        assert_eq!(
+            metric(
+                p,
+                &format!(
+                    "ringmesh_http_responses_total{{direction=\"{dir}\",status_code=\"503\",classification=\"failure\",proxy=\"false\"}}"
+                )
+            ),
+            1
+        );
+    }
+}
+
+/// grpcio's server behind one sidecar, its client before the other: unary, streaming each
+/// way and both, trailers, a trailers-only error and an error after data.
+fn grpc_from_a_peer_nobody_here_wrote(driver: DriverChoice) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py");
+    let mut server = Command::new(python)
+        .args([script, "server"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("grpcio's python (.ci/deps.sh installs it)");
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .strip_prefix("listening ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("grpc server said {line:?}"));
+    let ids = Identities::start(Duration::from_secs(3600));
+    let app: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sp = server_proxy(driver, &ids, app, "inbound: { mode: strict }");
+    let cp = client_proxy(driver, &ids, sp.inbound_addr(), "");
+    let out = Command::new(python)
+        .args([script, "client", &cp.outbound_addr().to_string()])
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .output()
+        .unwrap();
+    drop(server.stdin.take());
+    let _ = server.wait();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "grpc client: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(said.lines().count(), 7, "{said}");
+    for p in [&cp, &sp] {
+        let m = p.metrics();
+        assert_eq!(
+            metric_in(&m, "ringmesh_http_detected_total{protocol=\"http2\"}"),
+            1,
+            "{m}"
+        );
+        assert_eq!(
+            metric_in(&m, "ringmesh_http_requests_total{method=\"POST\"}"),
+            6,
+            "{m}"
+        );
+        for (grpc, class, n) in [
+            ("0", "success", 4),
+            ("5", "failure", 1),
+            ("7", "failure", 1),
+        ] {
+            assert_eq!(
+                metric_in(
+                    &m,
+                    &format!(
+                        "ringmesh_http_responses_total{{status_code=\"200\",grpc_status=\"{grpc}\",classification=\"{class}\"}}"
+                    )
+                ),
+                n,
+                "grpc-status {grpc}: {m}"
+            );
+        }
     }
 }

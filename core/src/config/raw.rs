@@ -276,6 +276,10 @@ pub struct RawHttp {
     /// An idle pooled connection is closed after this.
     #[serde(default = "default_pool_idle_timeout")]
     pub pool_idle_timeout: String,
+    /// HTTP/2 streams open at once on one downstream connection (more are refused with
+    /// `REFUSED_STREAM`, which clients retry).
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
     /// SMI `HTTPRouteGroup`s.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route_groups: Vec<RawRouteGroup>,
@@ -289,6 +293,7 @@ impl Default for RawHttp {
             response_timeout: default_response_timeout(),
             pool_max_idle: default_pool_max_idle(),
             pool_idle_timeout: default_pool_idle_timeout(),
+            max_concurrent_streams: default_max_concurrent_streams(),
             route_groups: Vec::new(),
         }
     }
@@ -308,6 +313,9 @@ fn default_pool_max_idle() -> u32 {
 }
 fn default_pool_idle_timeout() -> String {
     "90s".into()
+}
+fn default_max_concurrent_streams() -> u32 {
+    100
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

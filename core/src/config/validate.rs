@@ -59,6 +59,7 @@ pub mod bounds {
     pub const HTTP_HEADERS: u32 = 1000;
     pub const HTTP_RESPONSE: Duration = Duration::from_secs(3600);
     pub const HTTP_POOL_IDLE: u32 = 1024;
+    pub const HTTP2_STREAMS: u32 = 10_000;
     pub const ROUTE_GROUPS: usize = 1000;
     pub const ROUTE_MATCHES: usize = 100;
     /// A route pattern's length (compiled patterns are also bounded in memory).
@@ -770,6 +771,16 @@ fn validate_http(
             ),
         ));
     }
+    let max_concurrent_streams = match raw.max_concurrent_streams {
+        n if (1..=bounds::HTTP2_STREAMS).contains(&n) => n,
+        n => {
+            errs.push(ConfigError::new(
+                "http.max_concurrent_streams",
+                format!("{n} is not between 1 and {}", bounds::HTTP2_STREAMS),
+            ));
+            1
+        }
+    };
     let response_timeout = parse_duration(
         &raw.response_timeout,
         "http.response_timeout",
@@ -890,6 +901,7 @@ fn validate_http(
         response_timeout: response_timeout.unwrap_or(defaults.response_timeout),
         pool_max_idle: raw.pool_max_idle.min(bounds::HTTP_POOL_IDLE) as usize,
         pool_idle_timeout: pool_idle_timeout.unwrap_or(defaults.pool_idle_timeout),
+        max_concurrent_streams,
     }
 }
 

@@ -38,7 +38,7 @@ use ringmesh_core::{OrigDst, SpiffeId};
 
 pub(crate) use body::ProxyBody;
 pub(crate) use io::HttpIo;
-pub(crate) use pool::{Pool, PoolKey};
+pub(crate) use pool::{Pool, PoolKey, Sender};
 
 use crate::ctx::WorkerCtx;
 use crate::error::{Cause, Stop};
@@ -48,28 +48,93 @@ use crate::workload::Workload;
 /// The header on every response the proxy makes itself, naming why.
 pub(crate) const PROXY_ERROR: &str = "ringmesh-proxy-error";
 
-/// One downstream connection's facts, for each of its requests.
-struct Exchange<'a> {
-    ctx: &'a Rc<WorkerCtx>,
+/// Which HTTP a connection speaks; its requests go upstream in the same (gRPC needs HTTP/2
+/// end to end, and an HTTP/1 app gets HTTP/1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Wire {
+    H1,
+    H2,
+}
+
+/// A downstream connection as the pipeline hands it to the engine.
+pub(crate) struct Start {
+    /// Where it was going.
+    pub dst: OrigDst,
+    /// The peer proxy's identity (inbound over mTLS).
+    pub peer: Option<SpiffeId>,
+    /// The terminated mTLS session, if any.
+    pub tls: Option<Box<rustls::Connection>>,
+    /// What detection read.
+    pub prefix: Vec<u8>,
+    pub wire: Wire,
+}
+
+/// One downstream connection's facts, for each of its requests (HTTP/2 streams run as tasks
+/// of their own, so this is shared, not borrowed).
+struct Exchange {
+    ctx: Rc<WorkerCtx>,
     w: Arc<Workload>,
     dir: Direction,
     dst: OrigDst,
-    /// The peer proxy's identity (inbound over mTLS).
-    peer: Option<&'a SpiffeId>,
+    peer: Option<SpiffeId>,
+    wire: Wire,
 }
 
-/// Serves HTTP/1.x on `down` until the client closes, the connection idles out or the drain
-/// ends it. `prefix` is what detection read; `tls` the terminated mTLS session, if any.
-#[allow(clippy::too_many_arguments)] // the connection's parts, from its pipeline
+/// Runs hyper's HTTP/2 tasks (one per stream, one per upstream connection) on the worker.
+#[derive(Clone, Copy)]
+pub(crate) struct Local;
+
+impl<F> hyper::rt::Executor<F> for Local
+where
+    F: std::future::Future + 'static,
+    F::Output: 'static,
+{
+    fn execute(&self, fut: F) {
+        monoio::spawn(fut);
+    }
+}
+
+/// A server connection of either version, as `serve` drives it.
+trait Served: std::future::Future<Output = hyper::Result<()>> {
+    /// Finish the exchanges in flight and take no more (`Connection: close`, or `GOAWAY`).
+    fn shut(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> Served for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> Served for hyper::server::conn::http2::Connection<I, S, Local>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Local: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn shut(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Serves HTTP on `down` until the client closes, the connection idles out or the drain ends
+/// it.
 pub(crate) async fn serve(
     ctx: &Rc<WorkerCtx>,
     w: &Workload,
     dir: Direction,
     down: &TcpStream,
-    dst: OrigDst,
-    peer: Option<&SpiffeId>,
-    tls: Option<Box<rustls::Connection>>,
-    prefix: Vec<u8>,
+    start: Start,
 ) -> Stop {
     // The workload as an owned handle, for response bodies that outlive this borrow; a node
     // workload replaced meanwhile is served as the connection began.
@@ -82,25 +147,54 @@ pub(crate) async fn serve(
         return Stop::plain(Outcome::Drained);
     };
     let snap = ctx.shared.config.load();
-    let live = &snap.config.live;
-    let idle = ctx.idle.register(live.timeouts.idle);
-    let io = HttpIo::new(down, tls, prefix, Some(idle.toucher()));
-    let cx = Exchange {
-        ctx,
+    let http = snap.config.live.http.clone();
+    let idle = ctx.idle.register(snap.config.live.timeouts.idle);
+    drop(snap);
+    let io = HttpIo::new(down, start.tls, start.prefix, Some(idle.toucher()));
+    let cx = Rc::new(Exchange {
+        ctx: ctx.clone(),
         w: owned,
         dir,
-        dst,
-        peer,
-    };
-    let service = hyper::service::service_fn(|req| handle(&cx, req));
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .max_headers(live.http.max_headers)
-        .max_buf_size(live.http.max_header_bytes.max(8192))
-        .keep_alive(true)
-        .writev(true);
-    drop(snap);
-    let conn = builder.serve_connection(io, service);
+        dst: start.dst,
+        peer: start.peer,
+        wire: start.wire,
+    });
+    let service = hyper::service::service_fn(move |req| handle(cx.clone(), req));
+    match start.wire {
+        Wire::H1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .max_headers(http.max_headers)
+                .max_buf_size(http.max_header_bytes.max(8192))
+                .keep_alive(true)
+                .writev(true);
+            drive(ctx, w, down, &idle, builder.serve_connection(io, service)).await
+        }
+        Wire::H2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(Local);
+            builder
+                .max_concurrent_streams(http.max_concurrent_streams)
+                .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX))
+                // h2's defences against reset floods (CVE-2023-44487 and the like), explicit.
+                .max_pending_accept_reset_streams(H2_PENDING_RESETS)
+                .max_local_error_reset_streams(H2_LOCAL_RESETS);
+            drive(ctx, w, down, &idle, builder.serve_connection(io, service)).await
+        }
+    }
+}
+
+/// Streams a client may open and reset before the server accepts them.
+const H2_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for a client's errors before it closes the connection.
+const H2_LOCAL_RESETS: usize = 1024;
+
+async fn drive(
+    ctx: &WorkerCtx,
+    w: &Workload,
+    down: &TcpStream,
+    idle: &crate::idle::IdleHandle<'_>,
+    conn: impl Served,
+) -> Stop {
     let mut conn = std::pin::pin!(conn);
     let mut draining = false;
     loop {
@@ -116,9 +210,8 @@ pub(crate) async fn serve(
                 return Stop::plain(Outcome::Drained);
             }
             _ = ctx.draining.wait(), if !draining => {
-                // Finish the exchange in flight, answer it with `Connection: close`.
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().shut();
             }
         }
     }
@@ -135,11 +228,12 @@ fn served_error(e: hyper::Error) -> Stop {
 }
 
 async fn handle(
-    cx: &Exchange<'_>,
+    cx: Rc<Exchange>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let cx = &*cx;
     let start = Instant::now();
-    let ctx = cx.ctx;
+    let ctx = &cx.ctx;
     let snap = ctx.shared.config.load();
     let live = &snap.config.live;
     let shard = ctx.shard(&cx.w);
@@ -185,7 +279,7 @@ async fn handle(
     shard.http.request(&labels);
 
     // 3. Forward.
-    let req = outgoing(req, &target);
+    let req = outgoing(req, &target, cx.wire);
     let result = forward(cx, live, &plan, req).await;
     drop(snap);
     match result {
@@ -271,7 +365,7 @@ impl Headers for HeaderView<'_> {
 }
 
 fn route(
-    cx: &Exchange<'_>,
+    cx: &Exchange,
     live: &LiveConfig,
     req: &Request<Incoming>,
     target: &Target,
@@ -294,7 +388,7 @@ fn route(
                     service,
                     port: cx.dst.addr().port(),
                 },
-                cx.peer,
+                cx.peer.as_ref(),
                 &view,
             );
             let service: Box<str> = service.unwrap_or("").into();
@@ -310,7 +404,7 @@ fn route(
             })
         }
         Direction::Outbound => {
-            let ctx = cx.ctx;
+            let ctx = &cx.ctx;
             let snap_gen = ctx.shared.config.load().generation;
             let shared_own = ctx.shared.own.load();
             let own = cx.w.own.as_ref().unwrap_or(&shared_own);
@@ -344,12 +438,43 @@ const HOP_BY_HOP: [&str; 6] = [
 ];
 
 /// The request as it goes upstream: the normalized target, the hop-by-hop headers gone
-/// (with those `Connection` names), `TE: trailers` kept (gRPC needs it).
-fn outgoing(mut req: Request<Incoming>, target: &Target) -> Request<Incoming> {
-    if let Ok(uri) = target.path_and_query.parse::<hyper::Uri>() {
+/// (with those `Connection` names), `TE: trailers` kept (gRPC needs it). HTTP/1 carries the
+/// path alone (the `Host` header names the authority); HTTP/2 the scheme and authority too,
+/// as its pseudo-headers must.
+fn outgoing(mut req: Request<Incoming>, target: &Target, wire: Wire) -> Request<Incoming> {
+    let uri = match wire {
+        Wire::H1 => target.path_and_query.parse::<hyper::Uri>().ok(),
+        Wire::H2 => {
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| {
+                    req.headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                });
+            let path = if target.path_and_query == "*" {
+                "/"
+            } else {
+                &target.path_and_query
+            };
+            hyper::Uri::builder()
+                .scheme("http")
+                .authority(authority.as_deref().unwrap_or("localhost"))
+                .path_and_query(path)
+                .build()
+                .ok()
+        }
+    };
+    if let Some(uri) = uri {
         *req.uri_mut() = uri;
     }
-    *req.version_mut() = hyper::Version::HTTP_11;
+    *req.version_mut() = match wire {
+        Wire::H1 => hyper::Version::HTTP_11,
+        Wire::H2 => hyper::Version::HTTP_2,
+    };
     strip_hop_by_hop(req.headers_mut());
     req
 }
@@ -382,57 +507,54 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 type Failed = (StatusCode, &'static str);
 
 async fn forward(
-    cx: &Exchange<'_>,
+    cx: &Exchange,
     live: &LiveConfig,
     plan: &Plan,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, Failed> {
-    let ctx = cx.ctx;
+    let ctx = &cx.ctx;
     let key = PoolKey {
         workload: cx.w.index,
         target: plan.target,
         identity: plan.identity.clone(),
+        wire: cx.wire,
     };
     let http = &live.http;
     let shard = ctx.shard(&cx.w);
     let mut req = req;
     // A pooled connection the server has closed meanwhile gives the request back unsent:
     // then once more on a new one.
-    for reuse in [true, false] {
-        let pooled = if reuse {
-            ctx.http_pool.take(&key, http.pool_idle_timeout)
-        } else {
-            None
-        };
+    let mut pooled = ctx.http_pool.take(&key, http.pool_idle_timeout);
+    loop {
         let reused = pooled.is_some();
-        if reuse && !reused {
-            continue;
-        }
-        let mut sender = match pooled {
+        let mut sender = match pooled.take() {
             Some(s) => s,
-            None => connect(cx, live, plan).await?,
+            None => {
+                let new = connect(cx, live, plan).await?;
+                // An HTTP/2 connection is shared from the start: requests that come while
+                // this one is in flight multiplex on it.
+                if let Sender::H2(s) = &new {
+                    ctx.http_pool
+                        .put(key.clone(), Sender::H2(s.clone()), http.pool_max_idle);
+                }
+                new
+            }
         };
         shard.http.pool(reused);
-        let sent = sender.try_send_request(req);
-        let result = monoio::time::timeout(http.response_timeout, sent).await;
+        let result = monoio::time::timeout(http.response_timeout, sender.send(req)).await;
         match result {
             Err(_) => return Err((StatusCode::GATEWAY_TIMEOUT, "response timeout")),
-            Ok(Ok(resp)) => {
-                if !resp.headers().contains_key(header::CONNECTION)
-                    || !connection_close(resp.headers())
-                {
-                    ctx.http_pool
-                        .put(key, sender, http.pool_max_idle, http.pool_idle_timeout);
+            Ok(Ok(mut resp)) => {
+                // An HTTP/1 connection goes back unless its server said `close`; an HTTP/2
+                // one never left (its `GOAWAY` closes it there).
+                if matches!(sender, Sender::H1(_)) && !connection_close(resp.headers()) {
+                    ctx.http_pool.put(key, sender, http.pool_max_idle);
                 }
-                let mut resp = resp;
                 strip_hop_by_hop(resp.headers_mut());
                 return Ok(resp);
             }
             Ok(Err(mut e)) => match e.take_message() {
-                Some(back) if reused => {
-                    req = back;
-                    continue;
-                }
+                Some(back) if reused => req = back,
                 _ => {
                     let err = e.into_error();
                     tracing::debug!(worker = ctx.id, upstream = %plan.target, error = %err, "upstream exchange failed");
@@ -441,7 +563,6 @@ async fn forward(
             },
         }
     }
-    Err((StatusCode::BAD_GATEWAY, "upstream reset"))
 }
 
 fn connection_close(h: &HeaderMap) -> bool {
@@ -451,14 +572,10 @@ fn connection_close(h: &HeaderMap) -> bool {
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
 }
 
-/// A new upstream connection: dial, mTLS to a meshed endpoint, HTTP/1.1 handshake, its
-/// connection task spawned on the worker.
-async fn connect(
-    cx: &Exchange<'_>,
-    live: &LiveConfig,
-    plan: &Plan,
-) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, Failed> {
-    let ctx = cx.ctx;
+/// A new upstream connection: dial, mTLS to a meshed endpoint, the HTTP handshake of the
+/// downstream's version, its connection task spawned on the worker.
+async fn connect(cx: &Exchange, live: &LiveConfig, plan: &Plan) -> Result<Sender, Failed> {
+    let ctx = &cx.ctx;
     let w = &*cx.w;
     let failed = |stop: &Stop| -> Failed {
         match stop.outcome {
@@ -485,15 +602,37 @@ async fn connect(
         None => None,
     };
     let io = HttpIo::new(Rc::new(stream), tls, Vec::new(), None);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .writev(true)
-        .handshake(io)
-        .await
-        .map_err(|_| (StatusCode::BAD_GATEWAY, "upstream reset"))?;
-    monoio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+    let reset = |e: hyper::Error| {
+        tracing::debug!(worker = ctx.id, upstream = %plan.target, error = %e, "upstream HTTP handshake failed");
+        (StatusCode::BAD_GATEWAY, "upstream reset")
+    };
+    match cx.wire {
+        Wire::H1 => {
+            let (sender, conn) = hyper::client::conn::http1::Builder::new()
+                .writev(true)
+                .max_headers(live.http.max_headers)
+                .handshake(io)
+                .await
+                .map_err(reset)?;
+            monoio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::H1(sender))
+        }
+        Wire::H2 => {
+            let (sender, conn) = hyper::client::conn::http2::Builder::new(Local)
+                .max_header_list_size(u32::try_from(live.http.max_header_bytes).unwrap_or(u32::MAX))
+                .max_pending_accept_reset_streams(H2_PENDING_RESETS)
+                .max_local_error_reset_streams(H2_LOCAL_RESETS)
+                .handshake(io)
+                .await
+                .map_err(reset)?;
+            monoio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::H2(sender))
+        }
+    }
 }
 
 fn log_failed(ctx: &WorkerCtx, plan: &Plan, stop: &Stop, f: Failed) -> Failed {
@@ -503,7 +642,7 @@ fn log_failed(ctx: &WorkerCtx, plan: &Plan, stop: &Stop, f: Failed) -> Failed {
 
 /// A response the proxy makes itself, counted like any other.
 fn local(
-    cx: &Exchange<'_>,
+    cx: &Exchange,
     labels: &RequestLabels,
     start: Instant,
     status: StatusCode,
