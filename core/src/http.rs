@@ -473,6 +473,8 @@ pub struct HttpPolicy {
     pub pool_idle_timeout: std::time::Duration,
     /// HTTP/2 streams at once on one downstream connection.
     pub max_concurrent_streams: u32,
+    pub access_log: access_log::AccessLogPolicy,
+    pub tracing: trace::TracingPolicy,
 }
 
 impl Default for HttpPolicy {
@@ -487,6 +489,8 @@ impl Default for HttpPolicy {
             pool_max_idle: 16,
             pool_idle_timeout: std::time::Duration::from_secs(90),
             max_concurrent_streams: 100,
+            access_log: access_log::AccessLogPolicy::default(),
+            tracing: trace::TracingPolicy::default(),
         }
     }
 }
@@ -530,6 +534,9 @@ impl fmt::Display for RouteName<'_> {
         write!(f, "{}/{}", self.group, self.matched)
     }
 }
+
+pub mod access_log;
+pub mod trace;
 
 #[cfg(test)]
 mod tests;

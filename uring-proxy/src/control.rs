@@ -50,6 +50,7 @@ pub(crate) fn spawn(
                 tokio::spawn(crate::admin::serve(l, shared.clone(), crate::admin::Surface::Health(probes)));
             }
             crate::identity::start(&shared);
+            tokio::spawn(crate::telemetry::export(shared.clone()));
             if let Some(l) = setup.node_socket {
                 match tokio::net::UnixListener::from_std(l) {
                     Ok(l) => {

@@ -42,6 +42,7 @@ mod signal;
 pub mod state;
 #[allow(unsafe_code)]
 mod sys;
+mod telemetry;
 pub mod tls;
 mod udp;
 mod worker;

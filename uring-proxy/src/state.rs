@@ -172,6 +172,8 @@ pub struct Shared {
     pub(crate) worker_cmds: Box<[tokio::sync::mpsc::UnboundedSender<crate::node::WorkerCmd>]>,
     /// The descriptor held back for when the process runs out of them.
     pub(crate) spare_fd: SpareFd,
+    /// The access log's and the span exporter's queues.
+    pub(crate) telemetry: crate::telemetry::Telemetry,
     /// Per worker: heartbeat and log tally.
     pub workers: Box<[WorkerStats]>,
     pub workers_pinned: bool,
@@ -253,6 +255,7 @@ impl Shared {
             },
             worker_cmds: s.worker_cmds.into(),
             spare_fd: SpareFd::new(),
+            telemetry: crate::telemetry::Telemetry::default(),
             config: ArcSwap::from_pointee(Snapshot {
                 config: s.config,
                 source: s.source,
@@ -427,6 +430,7 @@ impl Shared {
                 netns_gone: self.node_stats.netns_gone.load(Relaxed),
                 refused: self.node_stats.refused.load(Relaxed),
             }),
+            telemetry: self.telemetry.info(),
         }
     }
 

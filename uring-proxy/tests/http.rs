@@ -33,6 +33,8 @@ both_drivers!(
     websocket_upgrade_is_a_tunnel,
     http2_prior_knowledge_through_two_sidecars,
     grpc_from_a_peer_nobody_here_wrote,
+    traces_and_access_log,
+    a_dead_collector_costs_requests_nothing,
 );
 
 /// An HTTP/1.1 and h2c app (hyper on its own tokio thread): `/echo` streams the request body
@@ -91,6 +93,14 @@ fn answer(seen: &Mutex<Vec<String>>, req: Request<Incoming>) -> Response<AppBody
     let path = req.uri().path().to_string();
     if path == "/echo" {
         return Response::new(http_body_util::Either::Left(req.into_body()));
+    }
+    if path == "/traceparent" {
+        let v = req
+            .headers()
+            .get("traceparent")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        return Response::new(http_body_util::Either::Right(Full::new(Bytes::from(v))));
     }
     if path == "/version" {
         let v = format!("{:?}", req.version());
@@ -659,7 +669,8 @@ fn websocket_upgrade_is_a_tunnel(driver: DriverChoice) {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(c.read(&mut b).unwrap(), 1, "closed before the 101");
+        // read_exact retries EINTR (a socket with a timeout is not restarted by the kernel).
+        c.read_exact(&mut b).expect("closed before the 101");
         head.push(b[0]);
     }
     assert!(
@@ -833,4 +844,204 @@ fn grpc_from_a_peer_nobody_here_wrote(driver: DriverChoice) {
             );
         }
     }
+}
+
+/// A Python process that prints "listening PORT" first: its port and its stdout lines.
+struct PyPeer {
+    child: std::process::Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl PyPeer {
+    fn start(script: &str) -> Self {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/venv/bin/python");
+        let mut child = Command::new(python)
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the venv's python (.ci/deps.sh installs it)");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        let port = first
+            .strip_prefix("listening ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{script} said {first:?}"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, port, lines }
+    }
+}
+
+impl Drop for PyPeer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until `path` holds `n` lines.
+fn lines_of(path: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= n || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A caller's trace continues through both proxies to the app, each proxy's span exported
+/// to a collector built from OpenTelemetry's own messages; a request with no trace starts
+/// one; both proxies log every request, in JSON and in text.
+fn traces_and_access_log(driver: DriverChoice) {
+    let collector = PyPeer::start(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/otlp_collector.py"
+    ));
+    let dir = ScratchDir::new(&format!("ringmesh-trail-{}-{driver:?}", std::process::id()));
+    let (cp_log, sp_log) = (dir.join("client.log"), dir.join("server.log"));
+    let telemetry = |log: &std::path::Path, format: &str| {
+        format!(
+            "http: {{ access_log: {{ enabled: true, format: {format}, path: \"{}\" }}, tracing: {{ sample_ratio: 1.0, otlp: \"127.0.0.1:{}\", service_name: mesh-test }} }}",
+            log.display(),
+            collector.port
+        )
+    };
+    let ids = Identities::start(Duration::from_secs(3600));
+    let app = app();
+    let sp = server_proxy(
+        driver,
+        &ids,
+        app.addr,
+        &format!(
+            "inbound: {{ mode: strict }}\n{}",
+            telemetry(&sp_log, "text")
+        ),
+    );
+    let cp = client_proxy(driver, &ids, sp.inbound_addr(), &telemetry(&cp_log, "json"));
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = "00f067aa0ba902b7";
+    let seen = curl(&[
+        "-H",
+        &format!("traceparent: 00-{trace}-{caller}-01"),
+        "-H",
+        "tracestate: vendor=x",
+        "-A",
+        "trail-test",
+        &url(&cp, "/traceparent"),
+    ]);
+    // The app gets the same trace, with the inbound proxy's span as its parent.
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(
+        (parts.len(), parts[0], parts[1], parts[3]),
+        (4, "00", trace, "01"),
+        "{seen}"
+    );
+    assert_ne!(parts[2], caller, "each proxy's span is the next parent");
+    // No trace given: one is started (and sampled, at ratio 1).
+    let fresh = curl(&[&url(&cp, "/traceparent")]);
+    assert!(
+        fresh.starts_with("00-") && !fresh.contains(trace),
+        "{fresh}"
+    );
+
+    let mut spans = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while spans.len() < 4 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = collector
+            .lines
+            .recv_timeout(left)
+            .expect("four spans at the collector");
+        spans.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+    let of = |trace_id: &str, kind: i64| {
+        spans
+            .iter()
+            .find(|s| s["trace_id"] == trace_id && s["kind"] == kind)
+            .unwrap_or_else(|| panic!("no kind {kind} span of {trace_id} in {spans:?}"))
+    };
+    let client_span = of(trace, 3);
+    let server_span = of(trace, 2);
+    assert_eq!(client_span["parent_span_id"], caller);
+    assert_eq!(server_span["parent_span_id"], client_span["span_id"]);
+    assert_eq!(server_span["span_id"], parts[2]);
+    for s in [client_span, server_span] {
+        assert_eq!(s["service"], "mesh-test");
+        assert_eq!(s["attributes"]["http.request.method"], "GET");
+        assert_eq!(s["attributes"]["url.path"], "/traceparent");
+        assert_eq!(s["attributes"]["http.response.status_code"], 200);
+        assert!(s["end"].as_u64() >= s["start"].as_u64());
+    }
+    let fresh_trace = fresh.split('-').nth(1).unwrap();
+    assert_eq!(of(fresh_trace, 3)["parent_span_id"], "", "a root span");
+
+    // The client proxy's JSON lines and the server proxy's text lines.
+    let json = lines_of(&cp_log, 2);
+    assert_eq!(json.len(), 2, "{json:?}");
+    let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+    assert_eq!(first["direction"], "outbound");
+    assert_eq!(first["path"], "/traceparent");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["service"], "web");
+    assert_eq!(first["user_agent"], "trail-test");
+    assert_eq!(first["trace_id"], trace);
+    assert_eq!(first["protocol"], "HTTP/1.1");
+    assert_eq!(first["response_bytes"], seen.len());
+    let text = lines_of(&sp_log, 2);
+    assert_eq!(text.len(), 2, "{text:?}");
+    assert!(
+        text[0].contains("\"GET /traceparent HTTP/1.1\" 200 ")
+            && text[0].contains(&format!("\"{CLIENT_ID}\""))
+            && text[0].contains(&format!("\"{trace}\"")),
+        "{}",
+        text[0]
+    );
+    for p in [&cp, &sp] {
+        assert_eq!(metric(p, "ringmesh_http_access_log_lines_total"), 2);
+        assert_eq!(metric(p, "ringmesh_http_access_log_dropped_total"), 0);
+        assert_eq!(metric(p, "ringmesh_trace_spans_dropped_total"), 0);
+    }
+}
+
+/// With the collector gone, requests are served as before; the failed exports are counted.
+fn a_dead_collector_costs_requests_nothing(driver: DriverChoice) {
+    // A port with nothing behind it.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = app();
+    let p = start(
+        driver,
+        config(&format!(
+            "protocols: {{ ports: {{ {}: http }} }}\nhttp: {{ tracing: {{ sample_ratio: 1.0, otlp: \"{dead}\" }} }}",
+            app.addr.port()
+        )),
+        fixed(app.addr),
+    );
+    for i in 0..20 {
+        assert_eq!(curl(&[&url(&p, &format!("/d{i}"))]), format!("GET /d{i}"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(&p, "ringmesh_trace_spans_dropped_total") < 20 {
+        assert!(std::time::Instant::now() < deadline, "{}", p.metrics());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(metric(&p, "ringmesh_trace_export_failures_total") >= 1);
+    assert_eq!(metric(&p, "ringmesh_trace_spans_exported_total"), 0);
 }

@@ -280,6 +280,12 @@ pub struct RawHttp {
     /// `REFUSED_STREAM`, which clients retry).
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// One line per request, written off the workers.
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+    /// W3C trace context, sampling and OTLP export.
+    #[serde(default)]
+    pub tracing: RawTracing,
     /// SMI `HTTPRouteGroup`s.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route_groups: Vec<RawRouteGroup>,
@@ -294,6 +300,8 @@ impl Default for RawHttp {
             pool_max_idle: default_pool_max_idle(),
             pool_idle_timeout: default_pool_idle_timeout(),
             max_concurrent_streams: default_max_concurrent_streams(),
+            access_log: RawAccessLog::default(),
+            tracing: RawTracing::default(),
             route_groups: Vec::new(),
         }
     }
@@ -316,6 +324,63 @@ fn default_pool_idle_timeout() -> String {
 }
 fn default_max_concurrent_streams() -> u32 {
     100
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub format: crate::http::access_log::LogFormat,
+    /// `stdout`, `stderr` or an absolute path.
+    #[serde(default = "default_access_log_path")]
+    pub path: String,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            format: crate::http::access_log::LogFormat::Text,
+            path: default_access_log_path(),
+        }
+    }
+}
+
+fn default_access_log_path() -> String {
+    "stdout".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// New traces sampled, 0 to 1 (a request's own `traceparent` decides for its trace).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// The OTLP/gRPC collector, `host:port` with an IP host; absent: no export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<String>,
+    /// `service.name` of the exported spans' resource.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            sample_ratio: default_sample_ratio(),
+            otlp: None,
+            service_name: default_service_name(),
+        }
+    }
+}
+
+fn default_sample_ratio() -> f64 {
+    0.01
+}
+fn default_service_name() -> String {
+    "ringmesh".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -781,6 +781,49 @@ fn validate_http(
             1
         }
     };
+    let access_log = crate::http::access_log::AccessLogPolicy {
+        enabled: raw.access_log.enabled,
+        format: raw.access_log.format,
+        path: raw.access_log.path.as_str().into(),
+    };
+    if !crate::http::access_log::valid_path(&raw.access_log.path) {
+        errs.push(ConfigError::new(
+            "http.access_log.path",
+            format!(
+                "{:?} is not stdout, stderr or an absolute path",
+                raw.access_log.path
+            ),
+        ));
+    }
+    let sample_ppm = crate::http::trace::ratio_ppm(raw.tracing.sample_ratio).unwrap_or_else(|| {
+        errs.push(ConfigError::new(
+            "http.tracing.sample_ratio",
+            format!("{} is not between 0 and 1", raw.tracing.sample_ratio),
+        ));
+        0
+    });
+    let otlp = raw.tracing.otlp.as_deref().and_then(|a| match a.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errs.push(ConfigError::new(
+                "http.tracing.otlp",
+                format!("{a:?} is not an IP:port"),
+            ));
+            None
+        }
+    });
+    let name = &raw.tracing.service_name;
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        errs.push(ConfigError::new(
+            "http.tracing.service_name",
+            "must be 1 to 255 characters, none of them control characters",
+        ));
+    }
+    let tracing = crate::http::trace::TracingPolicy {
+        sample_ppm,
+        otlp,
+        service_name: name.clone(),
+    };
     let response_timeout = parse_duration(
         &raw.response_timeout,
         "http.response_timeout",
@@ -902,6 +945,8 @@ fn validate_http(
         pool_max_idle: raw.pool_max_idle.min(bounds::HTTP_POOL_IDLE) as usize,
         pool_idle_timeout: pool_idle_timeout.unwrap_or(defaults.pool_idle_timeout),
         max_concurrent_streams,
+        access_log,
+        tracing,
     }
 }
 

@@ -167,3 +167,124 @@ fn upgrade_requests_are_seen_in_the_head() {
         b"GET /upgrade: HTTP/1.1\r\nX-Upgrade: no\r\n\r\n"
     ));
 }
+
+mod trace_context {
+    use super::super::trace::{SpanContext, TracingPolicy, parse, ratio_ppm};
+
+    const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn traceparent_parses_as_the_spec_says() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.trace_id[0], 0x4b);
+        assert_eq!(p.parent_id[7], 0xb7);
+        assert!(p.sampled);
+        assert!(!parse(&GOOD.replace("-01", "-00")).unwrap().sampled);
+        // A later version may append fields; version 00 may not.
+        assert!(parse(&format!("01{}-extra", &GOOD[2..])).is_some());
+        for bad in [
+            "",
+            &GOOD[..54],
+            &format!("{GOOD}-x"),
+            &GOOD.replace("4bf9", "4BF9"),
+            &format!("ff{}", &GOOD[2..]),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            &GOOD.replace('-', "_"),
+            &GOOD.replace("a3ce", "a3cz"),
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sampling_is_parent_based_then_by_ratio() {
+        let half = TracingPolicy {
+            sample_ppm: ratio_ppm(0.5).unwrap(),
+            ..TracingPolicy::default()
+        };
+        let parent = parse(GOOD);
+        let child = SpanContext::start(parent, &half, 999_999, [7; 16], [9; 8]);
+        assert_eq!(child.trace_id, parent.unwrap().trace_id, "same trace");
+        assert_eq!(child.parent_id, Some(parent.unwrap().parent_id));
+        assert!(child.sampled, "the parent's decision, not the roll");
+        assert_eq!(
+            child.header(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0909090909090909-01"
+        );
+        let unsampled = parse(&GOOD.replace("-01", "-00"));
+        assert!(!SpanContext::start(unsampled, &half, 0, [7; 16], [9; 8]).sampled);
+        let root = SpanContext::start(None, &half, 499_999, [7; 16], [9; 8]);
+        assert!(root.sampled && root.parent_id.is_none());
+        assert_eq!(root.trace_id, [7; 16]);
+        assert!(!SpanContext::start(None, &half, 500_000, [7; 16], [9; 8]).sampled);
+        let none = TracingPolicy {
+            sample_ppm: 0,
+            ..TracingPolicy::default()
+        };
+        assert!(!SpanContext::start(None, &none, 0, [7; 16], [9; 8]).sampled);
+        assert_eq!(ratio_ppm(1.0), Some(1_000_000));
+        assert_eq!(ratio_ppm(1.5), None);
+        assert_eq!(ratio_ppm(f64::NAN), None);
+    }
+}
+
+mod access_lines {
+    use super::super::access_log::{Entry, LogFormat, valid_path};
+    use crate::metrics::Direction;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn entry() -> Entry {
+        Entry {
+            time: UNIX_EPOCH + Duration::from_millis(1_796_355_564_123),
+            direction: Direction::Inbound,
+            workload: "sidecar".into(),
+            client: Some("10.0.0.1:4242".parse().unwrap()),
+            peer_identity: Some("spiffe://example.org/ns/a/sa/client".into()),
+            method: "GET".into(),
+            authority: "web".into(),
+            path: "/a?b=1".into(),
+            protocol: "HTTP/1.1",
+            status: 200,
+            grpc_status: None,
+            response_bytes: 12,
+            duration: Duration::from_micros(1500),
+            upstream: Some("127.0.0.1:8080".parse().unwrap()),
+            service: "web".into(),
+            route: "api/read".into(),
+            proxy_error: None,
+            user_agent: "curl/8 \"evil\"\n[fake]".into(),
+            trace_id: None,
+            cut: false,
+        }
+    }
+
+    #[test]
+    fn text_lines_are_one_line_and_cannot_be_forged() {
+        let mut out = String::new();
+        entry().write(LogFormat::Text, &mut out);
+        assert_eq!(
+            out,
+            "[2026-12-04T03:39:24.123Z] inbound 10.0.0.1:4242 \"GET /a?b=1 HTTP/1.1\" 200 12 0.002 \"web\" \"127.0.0.1:8080\" \"web\" \"api/read\" \"curl/8 \\x22evil\\x22\\x0A[fake]\" \"spiffe://example.org/ns/a/sa/client\" \"-\" \"-\" \"-\"\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_parse_back() {
+        let mut out = String::new();
+        let mut e = entry();
+        e.grpc_status = Some(5);
+        e.proxy_error = Some("access denied");
+        e.status = 403;
+        e.write(LogFormat::Json, &mut out);
+        assert!(out.ends_with('\n') && out.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["grpc_status"], 5);
+        assert_eq!(v["proxy_error"], "access denied");
+        assert_eq!(v["user_agent"], "curl/8 \"evil\"\n[fake]");
+        assert_eq!(v["direction"], "inbound");
+        assert!(v.get("trace_id").is_none());
+        assert!(valid_path("stdout") && valid_path("/var/log/x") && !valid_path("rel/x"));
+    }
+}

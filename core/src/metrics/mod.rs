@@ -21,7 +21,8 @@ pub use labels::{
     Security, Side, UdpDrop,
 };
 pub use render::{
-    ConfigInfo, IdentityInfo, NatsInfo, NodeInfo, ProcessInfo, WorkloadMetrics, render,
+    ConfigInfo, IdentityInfo, NatsInfo, NodeInfo, ProcessInfo, TelemetryInfo, WorkloadMetrics,
+    render,
 };
 pub use shard::{
     Counter, DURATION_BUCKETS, Gauge, HANDSHAKE_BUCKETS, Histogram, LABEL_SLOTS, LabelTable,

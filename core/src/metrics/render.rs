@@ -47,6 +47,22 @@ pub struct ProcessInfo {
     pub nats: Option<NatsInfo>,
     /// Node mode's registry, when the proxy is a node proxy.
     pub node: Option<NodeInfo>,
+    pub telemetry: TelemetryInfo,
+}
+
+/// The access log's and the span exporter's counters.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryInfo {
+    pub access_log_lines: u64,
+    /// Lines dropped because the writer's queue was full.
+    pub access_log_dropped: u64,
+    /// Lines that could not be written (the file could not be opened or written).
+    pub access_log_errors: u64,
+    pub spans_exported: u64,
+    /// Sampled spans not exported: the queue was full, no collector was named, or the
+    /// export failed.
+    pub spans_dropped: u64,
+    pub span_export_failures: u64,
 }
 
 /// A node proxy's registry, for the metrics.
@@ -326,6 +342,42 @@ fn process(o: &mut Out, workers: &[WorkerStats], info: &ProcessInfo) {
         &[],
         info.log_lines_dropped,
     );
+    let t = &info.telemetry;
+    for (name, help, v) in [
+        (
+            "ringmesh_http_access_log_lines_total",
+            "Access log lines written.",
+            t.access_log_lines,
+        ),
+        (
+            "ringmesh_http_access_log_dropped_total",
+            "Access log lines dropped because the writer's queue was full.",
+            t.access_log_dropped,
+        ),
+        (
+            "ringmesh_http_access_log_errors_total",
+            "Access log lines that could not be written.",
+            t.access_log_errors,
+        ),
+        (
+            "ringmesh_trace_spans_exported_total",
+            "Sampled spans exported over OTLP.",
+            t.spans_exported,
+        ),
+        (
+            "ringmesh_trace_spans_dropped_total",
+            "Sampled spans not exported (queue full, no collector, or a failed export).",
+            t.spans_dropped,
+        ),
+        (
+            "ringmesh_trace_export_failures_total",
+            "OTLP export requests that failed or timed out.",
+            t.span_export_failures,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        o.sample(name, &[], v);
+    }
     o.family(
         "ringmesh_log_lines_suppressed_total",
         "counter",

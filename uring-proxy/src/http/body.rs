@@ -14,6 +14,7 @@ use hyper::{HeaderMap, Response};
 use ringmesh_core::http::Classification;
 use ringmesh_core::metrics::{RequestLabels, ResponseLabels};
 
+use super::trail::{End, Trail};
 use crate::ctx::WorkerCtx;
 use crate::workload::Workload;
 
@@ -25,10 +26,26 @@ pub(crate) struct Record {
     start: Instant,
     status: u16,
     grpc: Option<u32>,
+    /// Body bytes sent on.
+    bytes: u64,
+    trail: Option<Box<Trail>>,
 }
 
 impl Record {
     fn finish(self, cut: bool) {
+        if let Some(t) = self.trail {
+            t.finish(
+                &self.ctx.shared,
+                End {
+                    labels: &self.labels,
+                    status: self.status,
+                    grpc: self.grpc,
+                    bytes: self.bytes,
+                    cut,
+                    proxy_error: None,
+                },
+            );
+        }
         let class = if cut {
             Classification::Failure
         } else {
@@ -73,6 +90,7 @@ pub(crate) fn record(
     labels: RequestLabels,
     start: Instant,
     resp: Response<Incoming>,
+    trail: Option<Box<Trail>>,
 ) -> Response<ProxyBody> {
     let status = resp.status().as_u16();
     // A trailers-only gRPC response carries its status in the head.
@@ -84,6 +102,8 @@ pub(crate) fn record(
         start,
         status,
         grpc,
+        bytes: 0,
+        trail,
     });
     let (parts, inner) = resp.into_parts();
     let body = ProxyBody::Upstream {
@@ -115,6 +135,9 @@ impl Body for ProxyBody {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(d), Some(r)) = (frame.data_ref(), record.as_deref_mut()) {
+                            r.bytes += d.len() as u64;
+                        }
                         if let Some(t) = frame.trailers_ref()
                             && let Some(r) = record.as_deref_mut()
                         {

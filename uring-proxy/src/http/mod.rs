@@ -18,6 +18,7 @@
 mod body;
 mod io;
 mod pool;
+mod trail;
 
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -44,6 +45,7 @@ use crate::ctx::WorkerCtx;
 use crate::error::{Cause, Stop};
 use crate::pipeline::{self, Conn};
 use crate::workload::Workload;
+use trail::Trail;
 
 /// The header on every response the proxy makes itself, naming why.
 pub(crate) const PROXY_ERROR: &str = "ringmesh-proxy-error";
@@ -78,6 +80,8 @@ struct Exchange {
     dst: OrigDst,
     peer: Option<SpiffeId>,
     wire: Wire,
+    /// The downstream's address, for the access log.
+    client: Option<std::net::SocketAddr>,
 }
 
 /// Runs hyper's HTTP/2 tasks (one per stream, one per upstream connection) on the worker.
@@ -158,6 +162,7 @@ pub(crate) async fn serve(
         dst: start.dst,
         peer: start.peer,
         wire: start.wire,
+        client: down.peer_addr().ok(),
     });
     let service = hyper::service::service_fn(move |req| handle(cx.clone(), req));
     match start.wire {
@@ -244,6 +249,9 @@ async fn handle(
         route: "".into(),
         method,
     };
+    // Its trace context, and what its log line and span will say.
+    let span = trail::span_for(req.headers(), &live.http.tracing);
+    let mut trail = new_trail(cx, live, &req, span);
 
     // 1. Check.
     let target = match check(&req) {
@@ -254,9 +262,9 @@ async fn handle(
                 cx,
                 &labels,
                 start,
-                StatusCode::BAD_REQUEST,
-                reason,
+                (StatusCode::BAD_REQUEST, reason),
                 true,
+                trail,
             ));
         }
     };
@@ -271,15 +279,19 @@ async fn handle(
             if status == StatusCode::FORBIDDEN {
                 shard.http.denied();
             }
-            return Ok(local(cx, &labels, start, status, reason, false));
+            return Ok(local(cx, &labels, start, (status, reason), false, trail));
         }
     };
     labels.service = plan.service.clone();
     labels.route = plan.route.clone();
     shard.http.request(&labels);
+    if let Some(t) = trail.as_mut() {
+        t.upstream = Some(plan.target);
+    }
 
     // 3. Forward.
-    let req = outgoing(req, &target, cx.wire);
+    let mut req = outgoing(req, &target, cx.wire);
+    trail::propagate(req.headers_mut(), &span);
     let result = forward(cx, live, &plan, req).await;
     drop(snap);
     match result {
@@ -293,10 +305,64 @@ async fn handle(
                 labels,
                 start,
                 resp,
+                trail,
             ))
         }
-        Err((status, reason)) => Ok(local(cx, &labels, start, status, reason, false)),
+        Err(failed) => Ok(local(cx, &labels, start, failed, false, trail)),
     }
+}
+
+/// A request's trail, when the access log is on or its span is exported.
+fn new_trail(
+    cx: &Exchange,
+    live: &LiveConfig,
+    req: &Request<Incoming>,
+    span: ringmesh_core::http::trace::SpanContext,
+) -> Option<Box<Trail>> {
+    let http = &live.http;
+    let export = span.sampled && http.tracing.otlp.is_some();
+    let log = http
+        .access_log
+        .enabled
+        .then(|| (http.access_log.format, http.access_log.path.clone()));
+    if log.is_none() && !export {
+        return None;
+    }
+    let h = req.headers();
+    let text = |name: header::HeaderName| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    Some(Box::new(Trail {
+        time: std::time::SystemTime::now(),
+        direction: cx.dir,
+        workload: cx.w.key.to_string(),
+        client: cx.client,
+        peer: cx.peer.as_ref().map(ToString::to_string),
+        method: req.method().as_str().to_owned(),
+        authority: req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_else(|| text(header::HOST)),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        protocol: match req.version() {
+            hyper::Version::HTTP_2 => "HTTP/2.0",
+            hyper::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        user_agent: text(header::USER_AGENT),
+        upstream: None,
+        span,
+        log,
+        export,
+    }))
 }
 
 /// The request target as policy sees it and as it is forwarded.
@@ -645,9 +711,9 @@ fn local(
     cx: &Exchange,
     labels: &RequestLabels,
     start: Instant,
-    status: StatusCode,
-    reason: &'static str,
+    (status, reason): Failed,
     close: bool,
+    trail: Option<Box<Trail>>,
 ) -> Response<ProxyBody> {
     let shard = cx.ctx.shard(&cx.w);
     let took = start.elapsed();
@@ -663,6 +729,19 @@ fn local(
         took,
     );
     let body = format!("{} {reason}\n", status.as_u16());
+    if let Some(t) = trail {
+        t.finish(
+            &cx.ctx.shared,
+            trail::End {
+                labels,
+                status: status.as_u16(),
+                grpc: None,
+                bytes: body.len() as u64,
+                cut: false,
+                proxy_error: Some(reason),
+            },
+        );
+    }
     let mut resp = Response::new(ProxyBody::local(Bytes::from(body)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
