@@ -806,8 +806,6 @@ fn grpc_from_a_peer_nobody_here_wrote(driver: DriverChoice) {
         .env_remove("https_proxy")
         .output()
         .unwrap();
-    drop(server.stdin.take());
-    let _ = server.wait();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -844,6 +842,14 @@ fn grpc_from_a_peer_nobody_here_wrote(driver: DriverChoice) {
             );
         }
     }
+    // tonic's client, the same calls (run after the counts above: they add to them).
+    assert_eq!(tonic_client(cp.outbound_addr()), 5, "tonic calls");
+    assert_eq!(
+        metric(&cp, "ringmesh_http_requests_total{method=\"POST\"}"),
+        11
+    );
+    drop(server.stdin.take());
+    let _ = server.wait();
 }
 
 /// A Python process that prints "listening PORT" first: its port and its stdout lines.
@@ -1044,4 +1050,133 @@ fn a_dead_collector_costs_requests_nothing(driver: DriverChoice) {
     }
     assert!(metric(&p, "ringmesh_trace_export_failures_total") >= 1);
     assert_eq!(metric(&p, "ringmesh_trace_spans_exported_total"), 0);
+}
+
+/// Raw-bytes messages for tonic (the Python server's are raw bytes too).
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// tonic's client through `to`: unary, server streaming, bidirectional with a 1 MiB
+/// message, a trailers-only error and an error after data. Returns the calls that checked out.
+fn tonic_client(to: SocketAddr) -> usize {
+    use tokio_stream::StreamExt;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{to}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("tonic connects");
+        let mut grpc = tonic::client::Grpc::new(channel);
+        let path = |m: &str| {
+            tonic::codegen::http::uri::PathAndQuery::try_from(format!("/mesh.Echo/{m}")).unwrap()
+        };
+        let mut ok = 0;
+        grpc.ready().await.unwrap();
+        let r = grpc
+            .unary(tonic::Request::new(b"tonic".to_vec()), path("Unary"), Raw)
+            .await
+            .unwrap();
+        assert_eq!(r.get_ref(), b"echo:tonic");
+        ok += 1;
+        grpc.ready().await.unwrap();
+        let mut parts = grpc
+            .server_streaming(
+                tonic::Request::new(b"3".to_vec()),
+                path("ServerStream"),
+                Raw,
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(m) = parts.message().await.unwrap() {
+            got.push(m);
+        }
+        assert_eq!(
+            got,
+            [b"part 0".to_vec(), b"part 1".to_vec(), b"part 2".to_vec()]
+        );
+        ok += 1;
+        let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let sent = vec![b"a".to_vec(), big.clone(), b"c".to_vec()];
+        grpc.ready().await.unwrap();
+        let back: Vec<Vec<u8>> = grpc
+            .streaming(
+                tonic::Request::new(tokio_stream::iter(sent.clone())),
+                path("Bidi"),
+                Raw,
+            )
+            .await
+            .unwrap()
+            .into_inner()
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert!(back == sent, "bidi echo differs");
+        ok += 1;
+        grpc.ready().await.unwrap();
+        let e = grpc
+            .unary(tonic::Request::new(b"x".to_vec()), path("Fail"), Raw)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::NotFound, "no such thing")
+        );
+        ok += 1;
+        grpc.ready().await.unwrap();
+        let mut late = grpc
+            .server_streaming(tonic::Request::new(b"x".to_vec()), path("FailLate"), Raw)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(late.message().await.unwrap(), Some(b"partial".to_vec()));
+        let e = late.message().await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        ok += 1;
+        ok
+    })
 }
