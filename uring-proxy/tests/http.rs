@@ -246,30 +246,56 @@ fn bodies_stream_both_ways_byte_exact(driver: DriverChoice) {
     ));
     let input = dir.join("in");
     let output = dir.join("out");
-    // 64 MiB, streamed: curl sends it chunked (no length) and the app echoes it as it comes.
-    let data = pattern(64 << 20);
-    std::fs::write(&input, &data).unwrap();
-    let code = curl(&[
-        "-w",
-        "%{http_code}",
-        "-H",
-        "Transfer-Encoding: chunked",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        &format!("@{}", input.display()),
-        "-o",
-        &output.display().to_string(),
-        &url(&m.cp, "/echo"),
-    ]);
-    assert_eq!(code, "200");
-    let back = std::fs::read(&output).unwrap();
-    assert!(
-        back == data,
-        "echo differs ({} of {} bytes)",
-        back.len(),
-        data.len()
-    );
+    // 1 GiB, streamed both ways at once: curl uploads it from a pipe, chunked (no length),
+    // the app echoes it as it comes, and curl's output is hashed as it comes back. Nothing is
+    // held whole anywhere, the proxies included.
+    let size: usize = 1 << 30;
+    let mut child = Command::new("curl")
+        .args(["-sS", "--max-time", "600", "--noproxy", "*"])
+        .args(["-X", "POST", "-T", "-", "-o", "-"])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .arg(url(&m.cp, "/echo"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut up = child.stdin.take().unwrap();
+    let sender = thread::spawn(move || {
+        use sha2::Digest;
+        let block = pattern(1 << 20);
+        let mut h = sha2::Sha256::new();
+        for i in 0..size >> 20 {
+            // Each MiB differs from the last, so a dropped or repeated block shows.
+            let mut b = block.clone();
+            b[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            h.update(&b);
+            up.write_all(&b).unwrap();
+        }
+        h.finalize()
+    });
+    let mut down = child.stdout.take().unwrap();
+    let (got, received) = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0usize;
+        loop {
+            match down.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => {
+                    h.update(&buf[..k]);
+                    n += k;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading curl's output: {e}"),
+            }
+        }
+        (h.finalize(), n)
+    };
+    let sent = sender.join().unwrap();
+    assert!(child.wait().unwrap().success(), "curl failed");
+    assert_eq!(received, size, "bytes echoed");
+    assert!(got == sent, "the echo differs from what was sent");
     // With a Content-Length and Expect: 100-continue (curl sends it for large bodies).
     let small = pattern(3 << 20);
     std::fs::write(&input, &small).unwrap();
