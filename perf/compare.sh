@@ -154,11 +154,15 @@ CONF
 # Three uring-proxy variants, each on its real path: the client dials a service address,
 # NAT REDIRECT sends it to the proxy's outbound listener, the proxy reads SO_ORIGINAL_DST,
 # finds the service, and dials its endpoint (the backend).
+# The HTTP port is pinned opaque: the peers here are L4 proxies (nginx stream, haproxy mode
+# tcp), so ringmesh is measured on its L4 path too; perf/http.sh measures its HTTP engine
+# against nginx's http proxy.
 uring_conf() { # VIP PORTBASE COPY
   cat <<CONF
 listeners: { outbound: "127.0.0.1:$(($2 + 1))", inbound: "127.0.0.1:$(($2 + 6))" }
 admin: "127.0.0.1:$2"
 bypass_mark: 0
+protocols: { ports: { 9001: opaque } }
 copy: $3
 timeouts: { connect: 5s }
 limits: { max_connections_per_worker: 16384 }

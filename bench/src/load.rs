@@ -27,6 +27,8 @@ pub enum Workload {
     Http,
     /// One request per connection: connect, request, response, close (`serve tcp-echo`).
     Conn,
+    /// One HTTP/1.1 GET per connection: connect, request, response, close (`serve http`).
+    HttpConn,
     /// Bulk one-way streaming into `serve sink`; reports bits per second.
     Stream,
     /// UDP request/response (`serve udp-echo`).
@@ -41,6 +43,7 @@ impl Workload {
             Workload::Tcp => "tcp",
             Workload::Http => "http",
             Workload::Conn => "conn",
+            Workload::HttpConn => "http-conn",
             Workload::Stream => "stream",
             Workload::Udp => "udp",
             Workload::Hold => "hold",
@@ -225,7 +228,9 @@ async fn thread_main(spec: LoadSpec, t: usize, threads: usize, barrier: Arc<Barr
                     Some(s) => request_loop(&spec, i, s, window, &mut tally).await,
                     None => Ok(()),
                 },
-                Workload::Conn => conn_loop(&spec, i, window, &mut tally).await,
+                Workload::Conn | Workload::HttpConn => {
+                    conn_loop(&spec, i, window, &mut tally).await
+                }
                 Workload::Stream => match stream {
                     Some(s) => stream_one(&spec, s, window, &mut tally).await,
                     None => Ok(()),
@@ -268,6 +273,11 @@ fn request_bytes(spec: &LoadSpec) -> Vec<u8> {
         Workload::Http => {
             format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", spec.path, spec.host).into_bytes()
         }
+        Workload::HttpConn => format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            spec.path, spec.host
+        )
+        .into_bytes(),
         _ => vec![b'q'; spec.request_size.max(1)],
     }
 }
@@ -340,7 +350,7 @@ async fn read_response(
     buf: Vec<u8>,
 ) -> (Result<(), ErrorKind>, Vec<u8>) {
     match spec.workload {
-        Workload::Http => read_http(s, buf).await,
+        Workload::Http | Workload::HttpConn => read_http(s, buf).await,
         _ => read_n(s, buf, spec.response_size.max(1)).await,
     }
 }

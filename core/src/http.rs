@@ -486,7 +486,7 @@ impl Default for HttpPolicy {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             response_timeout: std::time::Duration::from_secs(15),
-            pool_max_idle: 16,
+            pool_max_idle: 256,
             pool_idle_timeout: std::time::Duration::from_secs(90),
             max_concurrent_streams: 100,
             access_log: access_log::AccessLogPolicy::default(),

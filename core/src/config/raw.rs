@@ -317,7 +317,7 @@ fn default_response_timeout() -> String {
     "15s".into()
 }
 fn default_pool_max_idle() -> u32 {
-    16
+    256
 }
 fn default_pool_idle_timeout() -> String {
     "90s".into()

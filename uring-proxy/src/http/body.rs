@@ -14,6 +14,7 @@ use hyper::{HeaderMap, Response};
 use ringmesh_core::http::Classification;
 use ringmesh_core::metrics::{RequestLabels, ResponseLabels};
 
+use super::pool::{PoolKey, Sender};
 use super::trail::{End, Trail};
 use crate::ctx::WorkerCtx;
 use crate::workload::Workload;
@@ -29,10 +30,35 @@ pub(crate) struct Record {
     /// Body bytes sent on.
     bytes: u64,
     trail: Option<Box<Trail>>,
+    back: Option<Return>,
+}
+
+/// An HTTP/1 upstream connection to give back to the pool when its response has ended.
+pub(crate) struct Return {
+    pub key: PoolKey,
+    pub sender: Sender,
+    pub max: usize,
+}
+
+/// What a response is recorded with.
+pub(crate) struct Recorded {
+    pub ctx: Rc<WorkerCtx>,
+    pub w: Arc<Workload>,
+    pub labels: RequestLabels,
+    pub start: Instant,
+    pub trail: Option<Box<Trail>>,
+    pub back: Option<Return>,
 }
 
 impl Record {
     fn finish(self, cut: bool) {
+        // Whole: the connection is free for the next request. Cut: its state is unknown,
+        // and dropping it closes it.
+        if let Some(b) = self.back
+            && !cut
+        {
+            self.ctx.http_pool.put(b.key, b.sender, b.max);
+        }
         if let Some(t) = self.trail {
             t.finish(
                 &self.ctx.shared,
@@ -84,14 +110,15 @@ fn grpc_status(h: &HeaderMap) -> Option<u32> {
 }
 
 /// Wraps an upstream response so its end is recorded.
-pub(crate) fn record(
-    ctx: Rc<WorkerCtx>,
-    w: Arc<Workload>,
-    labels: RequestLabels,
-    start: Instant,
-    resp: Response<Incoming>,
-    trail: Option<Box<Trail>>,
-) -> Response<ProxyBody> {
+pub(crate) fn record(r: Recorded, resp: Response<Incoming>) -> Response<ProxyBody> {
+    let Recorded {
+        ctx,
+        w,
+        labels,
+        start,
+        trail,
+        back,
+    } = r;
     let status = resp.status().as_u16();
     // A trailers-only gRPC response carries its status in the head.
     let grpc = grpc_status(resp.headers());
@@ -104,6 +131,7 @@ pub(crate) fn record(
         grpc,
         bytes: 0,
         trail,
+        back,
     });
     let (parts, inner) = resp.into_parts();
     let body = ProxyBody::Upstream {

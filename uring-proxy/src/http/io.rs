@@ -88,6 +88,9 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
     /// Writes out every TLS record rustls holds, waiting for room.
     fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
+            if self.writable.is_some() {
+                ready!(self.poll_writable(cx))?;
+            }
             let fd = self.fd();
             let Some(conn) = self.tls.as_deref_mut() else {
                 return Poll::Ready(Ok(()));
@@ -101,6 +104,12 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
 
     fn poll_read_plain(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         loop {
+            // While a readiness wait is in progress, no system call: hyper polls the read
+            // side on every wake-up of its task (a write done, a body frame), and a `recv`
+            // each time would mostly say EAGAIN.
+            if self.readable.is_some() {
+                ready!(self.poll_readable(cx))?;
+            }
             match sys::recv(self.fd(), buf) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -117,7 +126,6 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
             if self.tls_eof {
                 return Poll::Ready(Ok(0));
             }
-            let fd = self.fd();
             let Some(conn) = self.tls.as_deref_mut() else {
                 return Poll::Ready(Ok(0));
             };
@@ -131,6 +139,14 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
                 // The peer closed without close_notify: a truncation, not an end.
                 Err(e) => return Poll::Ready(Err(e)),
             }
+            if self.readable.is_some() {
+                ready!(self.poll_readable(cx))?;
+                continue;
+            }
+            let fd = self.fd();
+            let Some(conn) = self.tls.as_deref_mut() else {
+                return Poll::Ready(Ok(0));
+            };
             match conn.read_tls(&mut Fd(fd)) {
                 Ok(0) => return Poll::Ready(Err(tls::no_close_notify())),
                 Ok(_) => {
@@ -199,6 +215,9 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
             return Poll::Ready(Ok(n));
         }
         loop {
+            if self.writable.is_some() {
+                ready!(self.poll_writable(cx))?;
+            }
             match sys::send(self.fd(), buf) {
                 Ok(n) => {
                     self.touch();

@@ -295,17 +295,20 @@ async fn handle(
     let result = forward(cx, live, &plan, req).await;
     drop(snap);
     match result {
-        Ok(resp) => {
+        Ok((resp, back)) => {
             shard
                 .http
                 .first_byte(cx.dir, &labels.service, start.elapsed());
             Ok(body::record(
-                cx.ctx.clone(),
-                cx.w.clone(),
-                labels,
-                start,
+                body::Recorded {
+                    ctx: cx.ctx.clone(),
+                    w: cx.w.clone(),
+                    labels,
+                    start,
+                    trail,
+                    back,
+                },
                 resp,
-                trail,
             ))
         }
         Err(failed) => Ok(local(cx, &labels, start, failed, false, trail)),
@@ -577,7 +580,7 @@ async fn forward(
     live: &LiveConfig,
     plan: &Plan,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, Failed> {
+) -> Result<(Response<Incoming>, Option<body::Return>), Failed> {
     let ctx = &cx.ctx;
     let key = PoolKey {
         workload: cx.w.index,
@@ -611,13 +614,17 @@ async fn forward(
         match result {
             Err(_) => return Err((StatusCode::GATEWAY_TIMEOUT, "response timeout")),
             Ok(Ok(mut resp)) => {
-                // An HTTP/1 connection goes back unless its server said `close`; an HTTP/2
-                // one never left (its `GOAWAY` closes it there).
-                if matches!(sender, Sender::H1(_)) && !connection_close(resp.headers()) {
-                    ctx.http_pool.put(key, sender, http.pool_max_idle);
-                }
+                // An HTTP/1 connection goes back once the response has ended (the body
+                // records it), unless its server said `close`; an HTTP/2 one never left (its
+                // `GOAWAY` closes it there).
+                let back = (matches!(sender, Sender::H1(_)) && !connection_close(resp.headers()))
+                    .then(|| body::Return {
+                        key,
+                        sender,
+                        max: http.pool_max_idle,
+                    });
                 strip_hop_by_hop(resp.headers_mut());
-                return Ok(resp);
+                return Ok((resp, back));
             }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if reused => req = back,
