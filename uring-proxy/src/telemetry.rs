@@ -133,30 +133,40 @@ fn spawn_writer(counters: Arc<Counters>) -> SyncSender<Line> {
         .name("ringmesh-access-log".into())
         .spawn(move || {
             let mut sink: Option<(Arc<str>, Box<dyn Write>)> = None;
+            // The path that could not be opened: not retried (nor warned about) per line
+            // until the config names another.
+            let mut failed: Option<Arc<str>> = None;
             let mut text = String::with_capacity(512);
             while let Ok(first) = rx.recv() {
                 let mut next = Some(first);
                 while let Some(line) = next.take() {
-                    if sink.as_ref().is_none_or(|(p, _)| *p != line.path) {
+                    if sink.as_ref().is_none_or(|(p, _)| *p != line.path)
+                        && failed.as_ref() != Some(&line.path)
+                    {
                         if let Some((_, mut old)) = sink.take() {
                             let _ = old.flush();
                         }
                         match open(&line.path) {
-                            Ok(w) => sink = Some((line.path.clone(), w)),
+                            Ok(w) => {
+                                sink = Some((line.path.clone(), w));
+                                failed = None;
+                            }
                             Err(e) => {
-                                counters.access_errors.fetch_add(1, Relaxed);
-                                tracing::warn!(path = %line.path, error = %e, "access log cannot be opened");
+                                tracing::warn!(path = %line.path, error = %e, "access log cannot be opened; its lines are dropped and counted");
+                                failed = Some(line.path.clone());
                             }
                         }
                     }
                     text.clear();
                     line.entry.write(line.format, &mut text);
-                    if let Some((_, w)) = sink.as_mut() {
-                        if w.write_all(text.as_bytes()).is_ok() {
-                            counters.access_lines.fetch_add(1, Relaxed);
-                        } else {
-                            counters.access_errors.fetch_add(1, Relaxed);
-                        }
+                    let written = match sink.as_mut() {
+                        Some((p, w)) if *p == line.path => w.write_all(text.as_bytes()).is_ok(),
+                        _ => false,
+                    };
+                    if written {
+                        counters.access_lines.fetch_add(1, Relaxed);
+                    } else {
+                        counters.access_errors.fetch_add(1, Relaxed);
                     }
                     next = rx.try_recv().ok();
                 }

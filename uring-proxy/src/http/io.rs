@@ -103,6 +103,16 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
     }
 
     fn poll_read_plain(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.poll_recv(cx, |fd| sys::recv(fd, buf))
+    }
+
+    /// `recv` (as `read` does it) until it has bytes or an error, waiting for readiness
+    /// between tries.
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut read: impl FnMut(std::os::fd::RawFd) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         loop {
             // While a readiness wait is in progress, no system call: hyper polls the read
             // side on every wake-up of its task (a write done, a body frame), and a `recv`
@@ -110,7 +120,7 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
             if self.readable.is_some() {
                 ready!(self.poll_readable(cx))?;
             }
-            match sys::recv(self.fd(), buf) {
+            match read(self.fd()) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -253,6 +263,12 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> hyper::rt::Read for HttpIo<'
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Plaintext with nothing left from detection: the kernel writes into hyper's buffer.
+        if this.tls.is_none() && this.prefix.is_empty() {
+            ready!(this.poll_recv(cx, |fd| sys::recv_cursor(fd, &mut buf)))?;
+            this.touch();
+            return Poll::Ready(Ok(()));
+        }
         sys::fill_cursor(&mut buf, |slice| this.poll_read_slice(cx, slice))
     }
 }
