@@ -1050,7 +1050,8 @@ fn traces_and_access_log(driver: DriverChoice) {
     }
 }
 
-/// With the collector gone, requests are served as before; the failed exports are counted.
+/// With the collector gone and the access log unwritable, requests are served as before; the
+/// failed exports and the lines not written are counted.
 fn a_dead_collector_costs_requests_nothing(driver: DriverChoice) {
     // A port with nothing behind it.
     let dead = TcpListener::bind("127.0.0.1:0")
@@ -1061,7 +1062,7 @@ fn a_dead_collector_costs_requests_nothing(driver: DriverChoice) {
     let p = start(
         driver,
         config(&format!(
-            "protocols: {{ ports: {{ {}: http }} }}\nhttp: {{ tracing: {{ sample_ratio: 1.0, otlp: \"{dead}\" }} }}",
+            "protocols: {{ ports: {{ {}: http }} }}\nhttp: {{ tracing: {{ sample_ratio: 1.0, otlp: \"{dead}\" }}, access_log: {{ enabled: true, path: /proc/ringmesh-nowhere/access.log }} }}",
             app.addr.port()
         )),
         fixed(app.addr),
@@ -1076,6 +1077,11 @@ fn a_dead_collector_costs_requests_nothing(driver: DriverChoice) {
     }
     assert!(metric(&p, "ringmesh_trace_export_failures_total") >= 1);
     assert_eq!(metric(&p, "ringmesh_trace_spans_exported_total"), 0);
+    while metric(&p, "ringmesh_http_access_log_errors_total") < 20 {
+        assert!(std::time::Instant::now() < deadline, "{}", p.metrics());
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&p, "ringmesh_http_access_log_lines_total"), 0);
 }
 
 /// Raw-bytes messages for tonic (the Python server's are raw bytes too).

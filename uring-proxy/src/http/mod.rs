@@ -1,6 +1,8 @@
-//! HTTP/1.x, request by request: hyper's server on the downstream connection (plaintext from
-//! the app, or the mTLS session from another proxy), and for each request the named steps
-//! below, in order, ending on an upstream connection from the worker's pool.
+//! HTTP/1.x and HTTP/2 (gRPC included), request by request: hyper's server on the downstream
+//! connection (plaintext from the app, or the mTLS session from another proxy), and for each
+//! request the named steps below, in order, ending on an upstream connection of the same
+//! version from the worker's pool. Each request also carries its trace context upstream and
+//! may leave an access log line and a span (`trail`).
 //!
 //! 1. `check`: request smuggling (Content-Length with Transfer-Encoding) and the path
 //!    (`core::http::normalize_path`) answer 400.
@@ -151,7 +153,11 @@ pub(crate) async fn serve(
         return Stop::plain(Outcome::Drained);
     };
     let snap = ctx.shared.config.load();
-    let http = snap.config.live.http.clone();
+    // The limits alone: the policy (route groups and all) is not copied per connection.
+    let (max_headers, max_header_bytes, max_streams) = {
+        let h = &snap.config.live.http;
+        (h.max_headers, h.max_header_bytes, h.max_concurrent_streams)
+    };
     let idle = ctx.idle.register(snap.config.live.timeouts.idle);
     drop(snap);
     let io = HttpIo::new(down, start.tls, start.prefix, Some(idle.toucher()));
@@ -169,8 +175,8 @@ pub(crate) async fn serve(
         Wire::H1 => {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
-                .max_headers(http.max_headers)
-                .max_buf_size(http.max_header_bytes.max(8192))
+                .max_headers(max_headers)
+                .max_buf_size(max_header_bytes.max(8192))
                 .keep_alive(true)
                 .writev(true);
             drive(ctx, w, down, &idle, builder.serve_connection(io, service)).await
@@ -178,8 +184,8 @@ pub(crate) async fn serve(
         Wire::H2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(Local);
             builder
-                .max_concurrent_streams(http.max_concurrent_streams)
-                .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(max_streams)
+                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
                 // h2's defences against reset floods (CVE-2023-44487 and the like), explicit.
                 .max_pending_accept_reset_streams(H2_PENDING_RESETS)
                 .max_local_error_reset_streams(H2_LOCAL_RESETS);
