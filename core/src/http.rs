@@ -213,6 +213,32 @@ pub enum Classification {
     Failure,
 }
 
+/// The gRPC status a gRPC client gets for an answer the proxy makes itself with HTTP
+/// `status` (after gRPC's own HTTP-to-gRPC mapping, with a proxy's timeout as
+/// `DEADLINE_EXCEEDED`): 400 INTERNAL, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404
+/// UNIMPLEMENTED, 429, 502 and 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, else UNKNOWN.
+pub fn grpc_status_for(status: u16) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 => 14,
+        504 => 4,
+        _ => 2,
+    }
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc`, `application/grpc+proto`...).
+pub fn is_grpc(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|c| {
+        let c = c.trim();
+        c.len() >= 16
+            && c[..16].eq_ignore_ascii_case("application/grpc")
+            && matches!(c.as_bytes().get(16), None | Some(b'+' | b';'))
+    })
+}
+
 impl Classification {
     /// `grpc_status` is the `grpc-status` of the trailers (or of a trailers-only response),
     /// when the response is gRPC.

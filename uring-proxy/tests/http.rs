@@ -874,6 +874,25 @@ fn grpc_from_a_peer_nobody_here_wrote(driver: DriverChoice) {
         metric(&cp, "ringmesh_http_requests_total{method=\"POST\"}"),
         11
     );
+
+    // The proxy's own failure, to a gRPC client: a gRPC status it can act on, not an HTTP 503.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let lost = client_proxy(driver, &ids, gone, "");
+    let (code, message) = tonic_status(lost.outbound_addr(), "Unary");
+    assert_eq!(code, tonic::Code::Unavailable);
+    assert_eq!(message, "upstream unreachable");
+    assert_eq!(
+        metric(
+            &lost,
+            "ringmesh_http_responses_total{status_code=\"200\",grpc_status=\"14\",classification=\"failure\",proxy=\"true\"}"
+        ),
+        1,
+        "{}",
+        lost.metrics()
+    );
     drop(server.stdin.take());
     let _ = server.wait();
 }
@@ -999,7 +1018,10 @@ fn traces_and_access_log(driver: DriverChoice) {
             .lines
             .recv_timeout(left)
             .expect("four spans at the collector");
-        spans.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+        spans.push(
+            serde_json::from_str::<serde_json::Value>(&line)
+                .unwrap_or_else(|e| panic!("collector line {line:?}: {e}")),
+        );
     }
     let of = |trace_id: &str, kind: i64| {
         spans
@@ -1210,5 +1232,30 @@ fn tonic_client(to: SocketAddr) -> usize {
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         ok += 1;
         ok
+    })
+}
+
+/// One unary call through `to` that must fail: its gRPC status.
+fn tonic_status(to: SocketAddr, method: &str) -> (tonic::Code, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{to}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("tonic connects");
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::try_from(format!("/mesh.Echo/{method}"))
+                .unwrap();
+        let e = grpc
+            .unary(tonic::Request::new(b"x".to_vec()), path, Raw)
+            .await
+            .unwrap_err();
+        (e.code(), e.message().to_owned())
     })
 }

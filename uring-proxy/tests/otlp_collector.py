@@ -5,6 +5,7 @@ receives, until stdin closes.
 
 import json
 import sys
+import threading
 from concurrent import futures
 
 import grpc
@@ -16,13 +17,17 @@ def value(v):
     return getattr(v, kind) if kind else None
 
 
+# Exports from both proxies may arrive at once: one line at a time on stdout.
+out = threading.Lock()
+
+
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
         for rs in request.resource_spans:
             resource = {a.key: value(a.value) for a in rs.resource.attributes}
             for ss in rs.scope_spans:
                 for s in ss.spans:
-                    print(
+                    line = (
                         json.dumps(
                             {
                                 "service": resource.get("service.name"),
@@ -37,9 +42,12 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
                                 "status": s.status.code,
                                 "attributes": {a.key: value(a.value) for a in s.attributes},
                             }
-                        ),
-                        flush=True,
+                        )
+                        + "\n"
                     )
+                    with out:
+                        sys.stdout.write(line)
+                        sys.stdout.flush()
         return trace_service_pb2.ExportTraceServiceResponse()
 
 

@@ -288,3 +288,26 @@ mod access_lines {
         assert!(valid_path("stdout") && valid_path("/var/log/x") && !valid_path("rel/x"));
     }
 }
+
+#[test]
+fn grpc_requests_and_the_proxys_statuses_for_them() {
+    for ct in [
+        "application/grpc",
+        "application/grpc+proto",
+        "Application/GRPC;x=1",
+    ] {
+        assert!(is_grpc(Some(ct)), "{ct}");
+    }
+    for ct in [
+        None,
+        Some("application/grpc-web"),
+        Some("application/json"),
+        Some(""),
+    ] {
+        assert!(!is_grpc(ct), "{ct:?}");
+    }
+    assert_eq!(
+        [400, 403, 404, 502, 503, 504, 500].map(grpc_status_for),
+        [13, 7, 12, 14, 14, 4, 2]
+    );
+}

@@ -255,6 +255,13 @@ async fn handle(
         route: "".into(),
         method,
     };
+    // A gRPC client gets the proxy's own answers as gRPC statuses.
+    let grpc = cx.wire == Wire::H2
+        && ringmesh_core::http::is_grpc(
+            req.headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
     // Its trace context, and what its log line and span will say.
     let span = trail::span_for(req.headers(), &live.http.tracing);
     let mut trail = new_trail(cx, live, &req, span);
@@ -269,7 +276,7 @@ async fn handle(
                 &labels,
                 start,
                 (StatusCode::BAD_REQUEST, reason),
-                true,
+                (true, grpc),
                 trail,
             ));
         }
@@ -285,7 +292,14 @@ async fn handle(
             if status == StatusCode::FORBIDDEN {
                 shard.http.denied();
             }
-            return Ok(local(cx, &labels, start, (status, reason), false, trail));
+            return Ok(local(
+                cx,
+                &labels,
+                start,
+                (status, reason),
+                (false, grpc),
+                trail,
+            ));
         }
     };
     labels.service = plan.service.clone();
@@ -317,7 +331,7 @@ async fn handle(
                 resp,
             ))
         }
-        Err(failed) => Ok(local(cx, &labels, start, failed, false, trail)),
+        Err(failed) => Ok(local(cx, &labels, start, failed, (false, grpc), trail)),
     }
 }
 
@@ -719,47 +733,72 @@ fn log_failed(ctx: &WorkerCtx, plan: &Plan, stop: &Stop, f: Failed) -> Failed {
     f
 }
 
-/// A response the proxy makes itself, counted like any other.
+/// A response the proxy makes itself, counted like any other: `status` with a short body, or,
+/// to a gRPC request, a trailers-only gRPC error (HTTP 200, `grpc-status` mapped from
+/// `status`, the reason as `grpc-message`), which gRPC clients read as the call's status.
+/// `close`: the connection ends after it (HTTP/1).
 fn local(
     cx: &Exchange,
     labels: &RequestLabels,
     start: Instant,
     (status, reason): Failed,
-    close: bool,
+    (close, grpc): (bool, bool),
     trail: Option<Box<Trail>>,
 ) -> Response<ProxyBody> {
     let shard = cx.ctx.shard(&cx.w);
     let took = start.elapsed();
+    let grpc_status = grpc.then(|| ringmesh_core::http::grpc_status_for(status.as_u16()));
+    let code = if grpc { StatusCode::OK } else { status };
     shard.http.first_byte(cx.dir, &labels.service, took);
     shard.http.response(
         labels,
         ResponseLabels {
-            status: status.as_u16(),
-            class: ringmesh_core::http::Classification::of(status.as_u16(), None),
-            grpc: None,
+            status: code.as_u16(),
+            class: ringmesh_core::http::Classification::of(code.as_u16(), grpc_status),
+            grpc: grpc_status,
             by_proxy: true,
         },
         took,
     );
-    let body = format!("{} {reason}\n", status.as_u16());
+    let body = if grpc {
+        String::new()
+    } else {
+        format!("{} {reason}\n", status.as_u16())
+    };
     if let Some(t) = trail {
         t.finish(
             &cx.ctx.shared,
             trail::End {
                 labels,
-                status: status.as_u16(),
-                grpc: None,
+                status: code.as_u16(),
+                grpc: grpc_status,
                 bytes: body.len() as u64,
                 cut: false,
                 proxy_error: Some(reason),
             },
         );
     }
-    let mut resp = Response::new(ProxyBody::local(Bytes::from(body)));
-    *resp.status_mut() = status;
+    let mut resp = Response::new(if body.is_empty() {
+        ProxyBody::Local(None)
+    } else {
+        ProxyBody::local(Bytes::from(body))
+    });
+    *resp.status_mut() = code;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     h.insert(PROXY_ERROR, HeaderValue::from_static(reason));
+    match grpc_status {
+        Some(g) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from(g));
+            h.insert("grpc-message", HeaderValue::from_static(reason));
+        }
+        None => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+    }
     if close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
