@@ -439,6 +439,18 @@ access:
         ),
         3
     );
+    // The same policy over HTTP/2 (h2c from the app, h2 inside the mTLS).
+    app.seen.lock().unwrap().clear();
+    for (method, path, want) in [
+        ("GET", "/api/h2", "200"),
+        ("GET", "/apiv2", "403"),
+        ("POST", "/api/h2", "403"),
+    ] {
+        let (code, head) = ask(method, path, &["--http2-prior-knowledge"]);
+        assert_eq!(code, want, "h2 {method} {path}: {head}");
+    }
+    assert_eq!(*app.seen.lock().unwrap(), ["GET /api/h2"], "over h2 too");
+    assert_eq!(metric(&sp, "ringmesh_http_access_denied_total"), 9);
     // A route-scoped rule allows no opaque connection: raw bytes to the same port are refused.
     let mut c = connect(cp.outbound_addr());
     c.write_all(b"\x00\x01not http\r\n").unwrap();
