@@ -119,8 +119,10 @@ count() {
     --driver "$driver" --log-level warn >"$work/proxy-$driver.log" 2>&1 &
   proxy=$!
   pids+=("$proxy")
+  # Ready, not just the admin port open: every worker has its listeners (the admin answers
+  # before the workers do, and a connection in between is refused).
   for _ in $(seq 100); do
-    in_ns python3 -c 'import socket; socket.create_connection(("127.0.0.1", 15000)).close()' 2>/dev/null && break
+    in_ns python3 -c 'import urllib.request as u; u.build_opener(u.ProxyHandler({})).open("http://127.0.0.1:15000/ready", timeout=1)' 2>/dev/null && break
     sleep 0.1
   done
   # Warm up: the first connections fill caches, grow buffers, start lazy state.
