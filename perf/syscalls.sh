@@ -17,14 +17,16 @@
 # close, ...), which do not depend on timing and get a tight margin (FIXED_MARGIN, 5%: one
 # more call per connection is more than that); and "total", which adds the event loop's
 # waits and the reads and writes, whose count moves a little with timing (a spurious wake-up
-# costs a recv that finds nothing), with a looser one (MARGIN, 15%).
+# costs a recv that finds nothing, and on io_uring how completions batch into one
+# io_uring_enter moves with load: 3.1 to 4.3 per keep-alive request were seen on one machine),
+# with a looser one (MARGIN, 30%).
 #
 #   perf/syscalls.sh                 print the counts for both drivers
 #   perf/syscalls.sh --check         fail if a figure exceeds perf/syscall-budget.txt by more
 #                                    than its margin
 #   perf/syscalls.sh --write-budget  record the current counts as the budget
 # Env: BIN (binaries; default the debug build), DRIVERS ("uring epoll"), REQUESTS (2000),
-# CONNECTIONS (300), MARGIN (0.15), FIXED_MARGIN (0.05).
+# CONNECTIONS (300), MARGIN (0.30), FIXED_MARGIN (0.05).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -46,7 +48,7 @@ for b in uring-proxy mesh-bench; do [[ -x $bin/$b ]] || die "$bin/$b is missing:
 DRIVERS=${DRIVERS:-uring epoll}
 REQUESTS=${REQUESTS:-2000}
 CONNECTIONS=${CONNECTIONS:-300}
-MARGIN=${MARGIN:-0.15}
+MARGIN=${MARGIN:-0.30}
 FIXED_MARGIN=${FIXED_MARGIN:-0.05}
 budget=$here/syscall-budget.txt
 
