@@ -562,6 +562,7 @@ impl fmt::Display for RouteName<'_> {
 }
 
 pub mod access_log;
+pub mod framing;
 pub mod trace;
 
 #[cfg(test)]
