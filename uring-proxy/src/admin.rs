@@ -23,8 +23,10 @@ pub(crate) enum Surface {
     Health(Arc<crate::health::AppProbes>),
 }
 
-/// How long the admin may hold the spare descriptor for one connection.
+/// How long the admin may hold its spare descriptor for one connection.
 const SPARE_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often an admin out of descriptors tries its accept again.
+const SPARE_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, surface: Surface) {
     let listener = match listener
@@ -37,27 +39,24 @@ pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, 
             return;
         }
     };
+    // This listener's own spare descriptor, apart from the workers' (`Shared::spare_fd`): the
+    // admin must answer /metrics when the process is out of descriptors, which is when it
+    // matters most, whatever the workers are doing with theirs.
+    let mut spare = std::fs::File::open("/dev/null").ok();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
-            Err(e)
-                if e.raw_os_error() == Some(libc::EMFILE)
-                    || e.raw_os_error() == Some(libc::ENFILE) =>
-            {
-                // Out of descriptors, which is when /metrics matters most: the process's
-                // spare is given up to answer one connection at a time (bounded, so a slow
-                // client cannot keep it from the workers).
-                if let Some(lent) = shared.spare_fd.lend() {
-                    if let Ok(Ok((s, _))) =
-                        tokio::time::timeout(SPARE_HOLD, listener.accept()).await
-                    {
-                        let one = serve_one(s, shared.clone(), surface.clone());
-                        let _ = tokio::time::timeout(SPARE_HOLD, one).await;
-                    }
-                    drop(lent);
-                } else {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            Err(e) if is_fd_exhaustion(&e) => {
+                drop(spare.take());
+                if let Some(s) = accept_exhausted(&listener).await {
+                    // One connection at a time, bounded, so a slow client cannot hold the
+                    // descriptor the admin needs for the next.
+                    let one = serve_one(s, shared.clone(), surface.clone());
+                    let _ = tokio::time::timeout(SPARE_HOLD, one).await;
                 }
+                // Taken back for the next time. When another thread got it first there is
+                // none to take; the next exhaustion accepts into whatever frees up.
+                spare = std::fs::File::open("/dev/null").ok();
                 continue;
             }
             Err(e) => {
@@ -67,6 +66,34 @@ pub(crate) async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, 
             }
         };
         tokio::spawn(serve_one(stream, shared.clone(), surface.clone()));
+    }
+}
+
+fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Accepts one connection while the process is out of descriptors: the one just freed may go
+/// to another thread's accept or socket first, and those give theirs back within moments (a
+/// worker that cannot open the upstream closes the downstream), so the accept is retried for
+/// up to `SPARE_HOLD` instead of once.
+async fn accept_exhausted(listener: &tokio::net::TcpListener) -> Option<tokio::net::TcpStream> {
+    let deadline = tokio::time::Instant::now() + SPARE_HOLD;
+    loop {
+        match tokio::time::timeout_at(deadline, listener.accept()).await {
+            Ok(Ok((s, _))) => return Some(s),
+            Ok(Err(e)) if is_fd_exhaustion(&e) => {
+                if tokio::time::Instant::now() + SPARE_RETRY >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(SPARE_RETRY).await;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "admin accept failed");
+                return None;
+            }
+            Err(_) => return None,
+        }
     }
 }
 

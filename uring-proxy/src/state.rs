@@ -27,10 +27,9 @@ use crate::driver::Resolved;
 use crate::workload::Workload;
 
 /// One descriptor held back for the moment the process runs out of them. An accept loop that
-/// meets `EMFILE` closes it to accept one pending connection (the workers refuse it at once,
-/// the admin answers it), then opens it again. There is one per process, taken by one loop at
-/// a time: with a spare per loop, two loops juggling at once would take each other's, and the
-/// loser (the admin, as often as not) would be left with none.
+/// meets `EMFILE` closes it to accept one pending connection and refuse it at once, then opens
+/// it again. The workers share one, taken by one loop at a time: with a spare per loop, two
+/// loops juggling at once would take each other's. The admin keeps its own (`admin::serve`).
 pub(crate) struct SpareFd(std::sync::Mutex<Spare>);
 
 struct Spare {
