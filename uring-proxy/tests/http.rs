@@ -545,6 +545,26 @@ fn raw_status(to: SocketAddr, raw: &[u8]) -> String {
         .to_string()
 }
 
+/// Reads one response whose head carries a Content-Length: the head and that many bytes.
+fn read_head_and_body(c: &mut std::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut byte).unwrap();
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    let mut body = vec![0; len];
+    c.read_exact(&mut body).unwrap();
+    got.extend(body);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 fn malformed_http_never_reaches_the_app(driver: DriverChoice) {
     let app = app();
     let p = start(
@@ -584,21 +604,68 @@ fn malformed_http_never_reaches_the_app(driver: DriverChoice) {
         "nothing reached the app: {:?}",
         app.seen.lock().unwrap()
     );
-    // Content-Length with Transfer-Encoding: framed by the chunked encoding (the length is
-    // dropped), answered, and the connection closed, so what the length would have framed
-    // differently (a smuggled request) is never read as a request.
+    // Content-Length with Transfer-Encoding, in either order: refused with a 400 that says
+    // why, before anything reaches the app, and the connection closed, so what the length
+    // would have framed differently (a smuggled request) is never read as a request.
+    for heads in [
+        "Content-Length: 40\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 40",
+    ] {
+        let mut c = connect(to);
+        write!(
+            c,
+            "POST /te HTTP/1.1\r\nHost: a\r\n{heads}\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(
+            text.contains("conflicting Content-Length and Transfer-Encoding"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("HTTP/1.1").count(),
+            1,
+            "one response, then closed: {text}"
+        );
+        assert!(
+            app.seen.lock().unwrap().is_empty(),
+            "{:?}",
+            app.seen.lock().unwrap()
+        );
+    }
+    // The same after a good request on a kept-alive connection, pipelined: the first is
+    // answered by the app, the second refused by its number on the connection.
     let mut c = connect(to);
-    c.write_all(b"POST /te HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    c.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nPOST /te HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n").unwrap();
     let mut out = Vec::new();
     let _ = c.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert_eq!(
-        text.matches("HTTP/1.1").count(),
-        1,
-        "one response, then closed: {text}"
-    );
-    assert_eq!(*app.seen.lock().unwrap(), ["POST /te"]);
+    // The app's body ("GET /first") has no newline: the status lines are found by their
+    // version, each followed by its code.
+    let statuses: Vec<&str> = text
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|rest| rest.get(..3).unwrap_or(rest))
+        .collect();
+    assert_eq!(statuses, ["200", "400"], "{text}");
+    assert_eq!(*app.seen.lock().unwrap(), ["GET /first"]);
+    app.seen.lock().unwrap().clear();
+    // And one sent only after the first was answered, so the engine reads it from the
+    // socket in a read of its own.
+    let mut c = connect(to);
+    c.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let first = read_head_and_body(&mut c);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    c.write_all(b"POST /late HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(*app.seen.lock().unwrap(), ["GET /first"]);
     app.seen.lock().unwrap().clear();
     // A good request on the same port still works.
     assert_eq!(curl(&[&url(&p, "/ok")]), "GET /ok");

@@ -1,23 +1,58 @@
 //! One socket, plaintext or TLS, as hyper's `Read` and `Write`: non-blocking `recv`/`send`
 //! (through rustls's `read_tls`/`write_tls` for TLS) and, when the socket has nothing, the
 //! runtime's readiness, the same loop the L4 copy uses. Bytes detection already read come
-//! first.
+//! first. A downstream HTTP/1 connection's bytes are also read a second time, for framing
+//! the engine forgives (`Watch`).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
 use hyper::rt::ReadBufCursor;
 use monoio::net::TcpStream;
+use ringmesh_core::http::framing::{Framing, Refusal};
 
 use crate::idle::Toucher;
 use crate::sys;
 use crate::tls::{self, Fd};
 
 type Ready<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;
+
+/// The first request on a connection to refuse (its number from 0, and why), as the
+/// connection's `Watch` found it.
+pub(crate) type Refused = Rc<Cell<Option<(u64, Refusal)>>>;
+
+/// A downstream HTTP/1 request stream read a second time (`core::http::framing`), every byte
+/// as the engine gets it, so that a request is known to be refused before the engine hands
+/// it on. It stops reading after the first refusal (the connection closes with it) or once
+/// it cannot follow the stream.
+pub(crate) struct Watch {
+    framing: Framing,
+    refused: Refused,
+}
+
+impl Watch {
+    pub fn new(framing: Framing, refused: Refused) -> Self {
+        Self { framing, refused }
+    }
+}
+
+/// Shows `watch` the bytes just read; drops it when it has nothing more to say.
+fn feed(watch: &mut Option<Watch>, bytes: &[u8]) {
+    let Some(w) = watch.as_mut() else { return };
+    w.framing.feed(bytes);
+    if let Some(first) = w.framing.first_refused() {
+        w.refused.set(Some(first));
+        *watch = None;
+    } else if !w.framing.following() {
+        *watch = None;
+    }
+}
 
 /// `S` is how the socket is held: borrowed (`&TcpStream`, a downstream connection the
 /// pipeline owns) or shared (`Rc<TcpStream>`, a pooled upstream that outlives any one
@@ -33,6 +68,7 @@ pub(crate) struct HttpIo<'a, S: Deref<Target = TcpStream> + Clone + 'a> {
     idle: Option<Toucher>,
     /// The TLS stream ended with `close_notify`.
     tls_eof: bool,
+    watch: Option<Watch>,
 }
 
 impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
@@ -51,7 +87,14 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
             writable: None,
             idle,
             tls_eof: false,
+            watch: None,
         }
+    }
+
+    /// Reads the request stream a second time as it arrives (a downstream HTTP/1 server).
+    pub fn watched(mut self, watch: Watch) -> Self {
+        self.watch = Some(watch);
+        self
     }
 
     fn fd(&self) -> std::os::fd::RawFd {
@@ -263,13 +306,23 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> hyper::rt::Read for HttpIo<'
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Out of `this` while the read borrows it.
+        let mut watch = this.watch.take();
         // Plaintext with nothing left from detection: the kernel writes into hyper's buffer.
-        if this.tls.is_none() && this.prefix.is_empty() {
-            ready!(this.poll_recv(cx, |fd| sys::recv_cursor(fd, &mut buf)))?;
-            this.touch();
-            return Poll::Ready(Ok(()));
-        }
-        sys::fill_cursor(&mut buf, |slice| this.poll_read_slice(cx, slice))
+        let r = if this.tls.is_none() && this.prefix.is_empty() {
+            this.poll_recv(cx, |fd| {
+                sys::recv_cursor(fd, &mut buf, |b| feed(&mut watch, b))
+            })
+            .map_ok(|_| this.touch())
+        } else {
+            sys::fill_cursor(
+                &mut buf,
+                |slice| this.poll_read_slice(cx, slice),
+                |b| feed(&mut watch, b),
+            )
+        };
+        this.watch = watch;
+        r
     }
 }
 

@@ -4,8 +4,9 @@
 //! version from the worker's pool. Each request also carries its trace context upstream and
 //! may leave an access log line and a span (`trail`).
 //!
-//! 1. `check`: request smuggling (Content-Length with Transfer-Encoding) and the path
-//!    (`core::http::normalize_path`) answer 400.
+//! 1. `check`: request smuggling (Content-Length with Transfer-Encoding, which hyper would
+//!    frame by the chunks, so `io::Watch` finds it in the bytes; more than one
+//!    Content-Length) and the path (`core::http::normalize_path`) answer 400 and close.
 //! 2. `route`: where it goes. Inbound: the app on loopback, after the access policy's
 //!    per-request decision (403). Outbound: `core::decide::outbound_plan` per request (each
 //!    request is balanced on its own), egress policy included.
@@ -41,6 +42,7 @@ use ringmesh_core::{OrigDst, SpiffeId};
 
 pub(crate) use body::ProxyBody;
 pub(crate) use io::HttpIo;
+use io::{Refused, Watch};
 pub(crate) use pool::{Pool, PoolKey, Sender};
 
 use crate::ctx::WorkerCtx;
@@ -84,6 +86,10 @@ struct Exchange {
     wire: Wire,
     /// The downstream's address, for the access log.
     client: Option<std::net::SocketAddr>,
+    /// HTTP/1: the request the connection's `Watch` found to refuse, and the number of the
+    /// next request the engine hands on (they come one at a time, in order).
+    refused: Refused,
+    next_h1: std::cell::Cell<u64>,
 }
 
 /// Runs hyper's HTTP/2 tasks (one per stream, one per upstream connection) on the worker.
@@ -160,7 +166,12 @@ pub(crate) async fn serve(
     };
     let idle = ctx.idle.register(snap.config.live.timeouts.idle);
     drop(snap);
-    let io = HttpIo::new(down, start.tls, start.prefix, Some(idle.toucher()));
+    let mut io = HttpIo::new(down, start.tls, start.prefix, Some(idle.toucher()));
+    let refused = Refused::default();
+    if start.wire == Wire::H1 {
+        let framing = ringmesh_core::http::framing::Framing::new(h1_buf(max_header_bytes));
+        io = io.watched(Watch::new(framing, refused.clone()));
+    }
     let cx = Rc::new(Exchange {
         ctx: ctx.clone(),
         w: owned,
@@ -169,6 +180,8 @@ pub(crate) async fn serve(
         peer: start.peer,
         wire: start.wire,
         client: down.peer_addr().ok(),
+        refused,
+        next_h1: std::cell::Cell::new(0),
     });
     let service = hyper::service::service_fn(move |req| handle(cx.clone(), req));
     match start.wire {
@@ -176,7 +189,7 @@ pub(crate) async fn serve(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .max_headers(max_headers)
-                .max_buf_size(max_header_bytes.max(8192))
+                .max_buf_size(h1_buf(max_header_bytes))
                 .keep_alive(true)
                 .writev(true);
             drive(ctx, w, down, &idle, builder.serve_connection(io, service)).await
@@ -192,6 +205,12 @@ pub(crate) async fn serve(
             drive(ctx, w, down, &idle, builder.serve_connection(io, service)).await
         }
     }
+}
+
+/// hyper's HTTP/1 read buffer, which bounds a request head: the configured header bytes, and
+/// never less than hyper's minimum.
+fn h1_buf(max_header_bytes: usize) -> usize {
+    max_header_bytes.max(8192)
 }
 
 /// Streams a client may open and reset before the server accepts them.
@@ -267,7 +286,7 @@ async fn handle(
     let mut trail = new_trail(cx, live, &req, span);
 
     // 1. Check.
-    let target = match check(&req) {
+    let target = match refused_h1(cx).map_or_else(|| check(&req), Err) {
         Ok(t) => t,
         Err(reason) => {
             shard.http.request(&labels);
@@ -401,11 +420,22 @@ impl Target {
     }
 }
 
+/// Whether the `Watch` refused this HTTP/1 request (the engine no longer shows what it
+/// forgave).
+fn refused_h1(cx: &Exchange) -> Option<&'static str> {
+    if cx.wire != Wire::H1 {
+        return None;
+    }
+    let n = cx.next_h1.get();
+    cx.next_h1.set(n + 1);
+    match cx.refused.get() {
+        Some((at, why)) if at == n => Some(why.reason()),
+        _ => None,
+    }
+}
+
 fn check(req: &Request<Incoming>) -> Result<Target, &'static str> {
     let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err("conflicting Content-Length and Transfer-Encoding");
-    }
     if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
         return Err("more than one Content-Length");
     }

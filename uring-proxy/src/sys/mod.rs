@@ -85,10 +85,12 @@ pub fn set_nonblocking_accepted(fd: FdRef<'_>) -> io::Result<()> {
 const CURSOR_CHUNK: usize = 16 * 1024;
 
 /// Lets `read` fill the unfilled part of hyper's read buffer (at most 16 KiB of it, zeroed
-/// first, so the slice is initialized memory) and marks what it wrote as filled.
+/// first, so the slice is initialized memory), shows `seen` what it wrote, and marks that as
+/// filled.
 pub fn fill_cursor(
     buf: &mut hyper::rt::ReadBufCursor<'_>,
     read: impl FnOnce(&mut [u8]) -> std::task::Poll<io::Result<usize>>,
+    seen: impl FnOnce(&[u8]),
 ) -> std::task::Poll<io::Result<()>> {
     use std::task::Poll;
     // SAFETY: only initialized bytes are exposed: the part handed on is zeroed here before a
@@ -102,9 +104,10 @@ pub fn fill_cursor(
     // SAFETY: every byte of `part` was initialized just above; MaybeUninit<u8> and u8 have
     // the same layout.
     let slice: &mut [u8] = unsafe { &mut *(std::ptr::from_mut(part) as *mut [u8]) };
-    match read(slice) {
+    match read(&mut *slice) {
         Poll::Ready(Ok(n)) => {
             let n = n.min(len);
+            seen(&slice[..n]);
             // SAFETY: `read` wrote `n` bytes (at most `len`) at the start of the unfilled
             // part, all of them initialized.
             unsafe { buf.advance(n) };
@@ -115,10 +118,14 @@ pub fn fill_cursor(
     }
 }
 
-/// Non-blocking `recv(2)` straight into the unfilled part of hyper's read buffer, marking what
-/// the kernel wrote as filled: no zeroing first (which `fill_cursor` must do for a slice, and
-/// which cost a 16 KiB memset per read).
-pub fn recv_cursor(fd: RawFd, buf: &mut hyper::rt::ReadBufCursor<'_>) -> io::Result<usize> {
+/// Non-blocking `recv(2)` straight into the unfilled part of hyper's read buffer, showing
+/// `seen` what the kernel wrote and marking it as filled: no zeroing first (which
+/// `fill_cursor` must do for a slice, and which cost a 16 KiB memset per read).
+pub fn recv_cursor(
+    fd: RawFd,
+    buf: &mut hyper::rt::ReadBufCursor<'_>,
+    seen: impl FnOnce(&[u8]),
+) -> io::Result<usize> {
     // SAFETY: the kernel is handed the unfilled part as raw memory to write into and writes
     // at most `len` bytes; nothing is read from it here, and no uninitialized byte is exposed.
     let uninit = unsafe { buf.as_mut() };
@@ -129,6 +136,9 @@ pub fn recv_cursor(fd: RawFd, buf: &mut hyper::rt::ReadBufCursor<'_>) -> io::Res
         return Err(io::Error::last_os_error());
     }
     let n = n.unsigned_abs().min(len);
+    // SAFETY: `recv` initialized the first `n` bytes of the unfilled part, which stay
+    // borrowed from `buf` only for this call.
+    seen(unsafe { std::slice::from_raw_parts(uninit.as_ptr().cast::<u8>(), n) });
     // SAFETY: `recv` initialized the first `n` bytes of the unfilled part.
     unsafe { buf.advance(n) };
     Ok(n)
