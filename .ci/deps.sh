@@ -75,3 +75,8 @@ if ! "$venv/bin/python" -c "import grpc, opentelemetry.proto.collector.trace.v1.
   echo "deps: installing grpcio and opentelemetry-proto into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "grpcio==1.76.0" "opentelemetry-proto==1.38.0" "protobuf>=5,<7"
 fi
+# websockets: a WebSocket server and client nobody here wrote, for the upgrade tests.
+if ! "$venv/bin/python" -c "import websockets.asyncio.client" 2>/dev/null; then
+  echo "deps: installing websockets into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "websockets==15.0.1"
+fi

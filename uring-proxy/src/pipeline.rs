@@ -446,10 +446,12 @@ pub(crate) async fn classify(
                 .await
                 .map_err(|e| Stop::io(Side::Downstream, e))?;
             match found.found {
-                // A WebSocket (or other upgrade) is carried as a tunnel from its first byte.
-                Some(Sniff::Http1) if found.upgrade => {
-                    (ProtocolSeen::Upgrade, Handling::Opaque(found.prefix))
-                }
+                // A WebSocket (or other upgrade) is checked and routed as a request, then
+                // carried as a tunnel (`http::upgrade`); counted apart.
+                Some(Sniff::Http1) if found.upgrade => (
+                    ProtocolSeen::Upgrade,
+                    Handling::Http(found.prefix, Wire::H1),
+                ),
                 Some(Sniff::Http1) => (ProtocolSeen::Http1, Handling::Http(found.prefix, Wire::H1)),
                 Some(Sniff::Http2) => (ProtocolSeen::Http2, Handling::Http(found.prefix, Wire::H2)),
                 Some(_) => (ProtocolSeen::Opaque, Handling::Opaque(found.prefix)),

@@ -31,6 +31,7 @@ both_drivers!(
     malformed_http_never_reaches_the_app,
     opaque_tcp_keeps_its_path,
     websocket_upgrade_is_a_tunnel,
+    websockets_from_a_peer_nobody_here_wrote,
     http2_prior_knowledge_through_two_sidecars,
     grpc_from_a_peer_nobody_here_wrote,
     traces_and_access_log,
@@ -749,47 +750,196 @@ fn opaque_tcp_keeps_its_path(driver: DriverChoice) {
     assert_eq!(&buf, b"220 hello\r\n");
 }
 
-fn websocket_upgrade_is_a_tunnel(driver: DriverChoice) {
-    // A WebSocket-style server: reads the upgrade request, answers 101, then echoes bytes.
-    let ws = server(|mut s| {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if s.read(&mut b).unwrap_or(0) == 0 {
+/// A WebSocket-style app, HTTP/1.1 with keep-alive: `/chat` with `Upgrade: websocket` is
+/// answered 101 and then echoed byte for byte; `/nope` with an upgrade asked is refused with
+/// 426 and the connection goes on; anything else gets `200 ok`. Each request head it read
+/// is kept, lowercased.
+fn ws_app() -> (Server, Arc<Mutex<Vec<String>>>) {
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    let app = server(move |mut s| {
+        loop {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b).unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(b[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_lowercase();
+            seen.lock().unwrap().push(head.clone());
+            let upgrade = head.contains("\r\nupgrade: websocket\r\n");
+            if head.starts_with("get /chat ") && upgrade {
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                    .unwrap();
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
                 return;
             }
-            head.push(b[0]);
+            let answer: &[u8] = if head.starts_with("get /nope ") {
+                b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\n\r\nnope"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            };
+            if s.write_all(answer).is_err() {
+                return;
+            }
         }
-        assert!(String::from_utf8_lossy(&head).contains("Upgrade: websocket"));
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .unwrap();
-        let mut r = s.try_clone().unwrap();
-        let _ = std::io::copy(&mut r, &mut s);
     });
-    let ids = Identities::start(Duration::from_secs(3600));
-    let sp = server_proxy(driver, &ids, ws.addr, "inbound: { mode: strict }");
-    let cp = client_proxy(driver, &ids, sp.inbound_addr(), "");
-    let mut c = connect(cp.outbound_addr());
-    c.write_all(b"GET /chat HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    (app, heads)
+}
+
+const WS_HEADERS: &str = "Host: web\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// Reads a response head, byte by byte, so nothing after it is taken.
+fn read_head(c: &mut std::net::TcpStream) -> String {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         // read_exact retries EINTR (a socket with a timeout is not restarted by the kernel).
-        c.read_exact(&mut b).expect("closed before the 101");
+        c.read_exact(&mut b).expect("closed before a whole head");
         head.push(b[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    // Frames both ways, as bytes.
-    roundtrip(&mut c, b"\x81\x05hello");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Asserts `c` is a tunnel to the echoing app: a frame, then 1 MiB with a half-close.
+fn assert_tunnel(c: &mut std::net::TcpStream) {
+    roundtrip(c, b"\x81\x05hello");
     let data = pattern(1 << 20);
-    assert!(echo_all(&mut c, &data) == data);
+    assert!(echo_all(c, &data) == data, "the tunnel's echo differs");
+}
+
+fn websocket_upgrade_is_a_tunnel(driver: DriverChoice) {
+    let (ws, heads) = ws_app();
+    let ids = Identities::start(Duration::from_secs(3600));
+    let sp = server_proxy(driver, &ids, ws.addr, "inbound: { mode: strict }");
+    let cp = client_proxy(driver, &ids, sp.inbound_addr(), "");
+
+    // The first request of a connection, through both sidecars and their mTLS.
+    let mut c = connect(cp.outbound_addr());
+    write!(c, "GET /chat HTTP/1.1\r\n{WS_HEADERS}").unwrap();
+    let head = read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_lowercase();
+    assert!(lower.contains("upgrade: websocket"), "{head}");
+    assert!(lower.contains("connection: upgrade"), "{head}");
+    assert_tunnel(&mut c);
+    let up = heads.lock().unwrap().pop().unwrap();
+    assert!(up.contains("\r\nconnection: upgrade\r\n"), "{up}");
+    assert!(
+        up.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="),
+        "{up}"
+    );
     for p in [&cp, &sp] {
-        assert!(metric(p, "ringmesh_http_detected_total{protocol=\"upgrade\"}") == 1);
+        assert_eq!(
+            metric(p, "ringmesh_http_detected_total{protocol=\"upgrade\"}"),
+            1
+        );
     }
+    // Counted as a request, its 101 as a response.
+    for (p, dir) in [(&cp, "outbound"), (&sp, "inbound")] {
+        assert_eq!(
+            metric(
+                p,
+                &format!(
+                    "ringmesh_http_responses_total{{direction=\"{dir}\",status_code=\"101\",proxy=\"false\"}}"
+                )
+            ),
+            1,
+            "{dir}"
+        );
+    }
+
+    // Later on a kept-alive connection: a plain request, an upgrade the app refuses (the
+    // connection goes on), an h2c upgrade (not carried: an ordinary request), then one it
+    // accepts.
+    let mut c = connect(cp.outbound_addr());
+    c.write_all(b"GET /before HTTP/1.1\r\nHost: web\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut ok = [0u8; 2];
+    c.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok");
+    write!(c, "GET /nope HTTP/1.1\r\n{WS_HEADERS}").unwrap();
+    let head = read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    let mut nope = [0u8; 4];
+    c.read_exact(&mut nope).unwrap();
+    assert_eq!(&nope, b"nope");
+    c.write_all(b"GET /h2c HTTP/1.1\r\nHost: web\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n").unwrap();
+    let head = read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    c.read_exact(&mut ok).unwrap();
+    let up = heads.lock().unwrap().pop().unwrap();
+    assert!(up.starts_with("get /h2c "), "{up}");
+    assert!(
+        !up.contains("upgrade") && !up.contains("http2-settings"),
+        "h2c's upgrade went upstream: {up}"
+    );
+    write!(c, "GET /chat HTTP/1.1\r\n{WS_HEADERS}").unwrap();
+    let head = read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_tunnel(&mut c);
+
+    // A port pinned to HTTP, one proxy, and the first frame sent with the upgrade request,
+    // before the 101: it reaches the app after it.
+    let pinned = start(
+        driver,
+        config(&format!(
+            "protocols: {{ ports: {{ {}: http }} }}",
+            ws.addr.port()
+        )),
+        fixed(ws.addr),
+    );
+    let mut c = connect(pinned.outbound_addr());
+    let mut first = format!("GET /chat HTTP/1.1\r\n{WS_HEADERS}").into_bytes();
+    first.extend_from_slice(b"\x81\x02hi");
+    c.write_all(&first).unwrap();
+    let head = read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut early = [0u8; 4];
+    c.read_exact(&mut early).unwrap();
+    assert_eq!(&early, b"\x81\x02hi");
+    assert_tunnel(&mut c);
+}
+
+/// PyPI's websockets, client and server, through both sidecars and their mTLS: messages
+/// both ways, a ping, the closing handshake.
+fn websockets_from_a_peer_nobody_here_wrote(driver: DriverChoice) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ws_peer.py");
+    let (mut server, port) = python_server(script);
+    let ids = Identities::start(Duration::from_secs(3600));
+    let app: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sp = server_proxy(driver, &ids, app, "inbound: { mode: strict }");
+    let cp = client_proxy(driver, &ids, sp.inbound_addr(), "");
+    let url = format!("ws://{}/chat", cp.outbound_addr());
+    let out = Command::new(PYTHON)
+        .args([script, "client", &url])
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "websockets client: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        ["ok text", "ok binary", "ok ping", "ok close"]
+    );
+    for p in [&cp, &sp] {
+        assert_eq!(
+            metric(p, "ringmesh_http_responses_total{status_code=\"101\"}"),
+            1
+        );
+    }
+    drop(server.stdin.take());
+    let _ = server.wait();
 }
 
 fn http2_prior_knowledge_through_two_sidecars(driver: DriverChoice) {
@@ -882,17 +1032,20 @@ fn http2_prior_knowledge_through_two_sidecars(driver: DriverChoice) {
 
 /// grpcio's server behind one sidecar, its client before the other: unary, streaming each
 /// way and both, trailers, a trailers-only error and an error after data.
-fn grpc_from_a_peer_nobody_here_wrote(driver: DriverChoice) {
+/// The venv's python, with the PyPI peers (.ci/deps.sh installs them).
+const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/venv/bin/python");
+
+/// Starts `script server`, which prints "listening PORT" and serves until its stdin closes
+/// (drop the child's stdin, then wait for it).
+fn python_server(script: &str) -> (std::process::Child, u16) {
     use std::io::BufRead;
     use std::process::Stdio;
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/venv/bin/python");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py");
-    let mut server = Command::new(python)
+    let mut server = Command::new(PYTHON)
         .args([script, "server"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("grpcio's python (.ci/deps.sh installs it)");
+        .expect("the venv's python (.ci/deps.sh installs it)");
     let mut line = String::new();
     std::io::BufReader::new(server.stdout.take().unwrap())
         .read_line(&mut line)
@@ -900,12 +1053,18 @@ fn grpc_from_a_peer_nobody_here_wrote(driver: DriverChoice) {
     let port: u16 = line
         .strip_prefix("listening ")
         .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("grpc server said {line:?}"));
+        .unwrap_or_else(|| panic!("{script} server said {line:?}"));
+    (server, port)
+}
+
+fn grpc_from_a_peer_nobody_here_wrote(driver: DriverChoice) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py");
+    let (mut server, port) = python_server(script);
     let ids = Identities::start(Duration::from_secs(3600));
     let app: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let sp = server_proxy(driver, &ids, app, "inbound: { mode: strict }");
     let cp = client_proxy(driver, &ids, sp.inbound_addr(), "");
-    let out = Command::new(python)
+    let out = Command::new(PYTHON)
         .args([script, "client", &cp.outbound_addr().to_string()])
         .env_remove("http_proxy")
         .env_remove("https_proxy")

@@ -97,6 +97,10 @@ impl<'a, S: Deref<Target = TcpStream> + Clone + 'a> HttpIo<'a, S> {
         self
     }
 
+    pub fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+
     fn fd(&self) -> std::os::fd::RawFd {
         self.sock.as_raw_fd()
     }

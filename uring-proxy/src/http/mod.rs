@@ -22,6 +22,7 @@ mod body;
 mod io;
 mod pool;
 mod trail;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -90,6 +91,10 @@ struct Exchange {
     /// next request the engine hands on (they come one at a time, in order).
     refused: Refused,
     next_h1: std::cell::Cell<u64>,
+    /// HTTP/1: a request hyper took to ask for an upgrade (it then ends the connection
+    /// without closing it), and the upstream half once an upstream said `101`.
+    asked_upgrade: std::cell::Cell<bool>,
+    switched: std::cell::RefCell<Option<upgrade::Switched>>,
 }
 
 /// Runs hyper's HTTP/2 tasks (one per stream, one per upstream connection) on the worker.
@@ -182,7 +187,10 @@ pub(crate) async fn serve(
         client: down.peer_addr().ok(),
         refused,
         next_h1: std::cell::Cell::new(0),
+        asked_upgrade: std::cell::Cell::new(false),
+        switched: std::cell::RefCell::new(None),
     });
+    let exchange = cx.clone();
     let service = hyper::service::service_fn(move |req| handle(cx.clone(), req));
     match start.wire {
         Wire::H1 => {
@@ -192,7 +200,23 @@ pub(crate) async fn serve(
                 .max_buf_size(h1_buf(max_header_bytes))
                 .keep_alive(true)
                 .writev(true);
-            drive(ctx, w, down, &idle, builder.serve_connection(io, service)).await
+            let mut conn = builder.serve_connection(io, service);
+            let stop = drive(ctx, w, down, &idle, std::pin::Pin::new(&mut conn)).await;
+            let switched = exchange.switched.borrow_mut().take();
+            if stop.outcome != Outcome::Ok || !exchange.asked_upgrade.get() {
+                return stop;
+            }
+            // hyper ends a connection that saw an upgrade without closing it: the socket is
+            // taken back, for the tunnel after a `101`, or to close it.
+            let parts = conn.into_parts();
+            let mut io = parts.io;
+            match switched {
+                Some(up) => upgrade::tunnel(ctx, w, &idle, io, parts.read_buf, up).await,
+                None => {
+                    let _ = std::future::poll_fn(|c| io.poll_close(c)).await;
+                    stop
+                }
+            }
         }
         Wire::H2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(Local);
@@ -202,7 +226,8 @@ pub(crate) async fn serve(
                 // h2's defences against reset floods (CVE-2023-44487 and the like), explicit.
                 .max_pending_accept_reset_streams(H2_PENDING_RESETS)
                 .max_local_error_reset_streams(H2_LOCAL_RESETS);
-            drive(ctx, w, down, &idle, builder.serve_connection(io, service)).await
+            let conn = std::pin::pin!(builder.serve_connection(io, service));
+            drive(ctx, w, down, &idle, conn).await
         }
     }
 }
@@ -218,14 +243,13 @@ const H2_PENDING_RESETS: usize = 20;
 /// Streams the server may reset for a client's errors before it closes the connection.
 const H2_LOCAL_RESETS: usize = 1024;
 
-async fn drive(
+async fn drive<C: Served + ?Sized>(
     ctx: &WorkerCtx,
     w: &Workload,
     down: &TcpStream,
     idle: &crate::idle::IdleHandle<'_>,
-    conn: impl Served,
+    mut conn: std::pin::Pin<&mut C>,
 ) -> Stop {
-    let mut conn = std::pin::pin!(conn);
     let mut draining = false;
     loop {
         monoio::select! {
@@ -285,6 +309,12 @@ async fn handle(
     let span = trail::span_for(req.headers(), &live.http.tracing);
     let mut trail = new_trail(cx, live, &req, span);
 
+    if cx.wire == Wire::H1
+        && (req.headers().contains_key(header::UPGRADE) || req.method() == hyper::Method::CONNECT)
+    {
+        cx.asked_upgrade.set(true);
+    }
+
     // 1. Check.
     let target = match refused_h1(cx).map_or_else(|| check(&req), Err) {
         Ok(t) => t,
@@ -328,10 +358,19 @@ async fn handle(
         t.upstream = Some(plan.target);
     }
 
-    // 3. Forward.
+    // 3. Forward (an upgrade on a connection of its own).
+    let upgrade = match cx.wire {
+        Wire::H1 => upgrade::asked(&req),
+        Wire::H2 => None,
+    };
     let mut req = outgoing(req, &target, cx.wire);
     trail::propagate(req.headers_mut(), &span);
-    let result = forward(cx, live, &plan, req).await;
+    let result = match upgrade {
+        Some(protocol) => upgrade::forward(cx, live, &plan, req, protocol)
+            .await
+            .map(|resp| (resp, None)),
+        None => forward(cx, live, &plan, req).await,
+    };
     drop(snap);
     match result {
         Ok((resp, back)) => {
@@ -695,9 +734,11 @@ fn connection_close(h: &HeaderMap) -> bool {
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
 }
 
-/// A new upstream connection: dial, mTLS to a meshed endpoint, the HTTP handshake of the
-/// downstream's version, its connection task spawned on the worker.
-async fn connect(cx: &Exchange, live: &LiveConfig, plan: &Plan) -> Result<Sender, Failed> {
+/// An upstream socket for requests: dialed, with mTLS to a meshed endpoint.
+type UpIo = HttpIo<'static, Rc<TcpStream>>;
+
+/// Dials `plan`'s endpoint, with mTLS when it is meshed; failures as the answer they give.
+async fn open(cx: &Exchange, live: &LiveConfig, plan: &Plan) -> Result<UpIo, Failed> {
     let ctx = &cx.ctx;
     let w = &*cx.w;
     let failed = |stop: &Stop| -> Failed {
@@ -724,11 +765,21 @@ async fn connect(cx: &Exchange, live: &LiveConfig, plan: &Plan) -> Result<Sender
         }
         None => None,
     };
-    let io = HttpIo::new(Rc::new(stream), tls, Vec::new(), None);
-    let reset = |e: hyper::Error| {
-        tracing::debug!(worker = ctx.id, upstream = %plan.target, error = %e, "upstream HTTP handshake failed");
-        (StatusCode::BAD_GATEWAY, "upstream reset")
-    };
+    Ok(HttpIo::new(Rc::new(stream), tls, Vec::new(), None))
+}
+
+/// An upstream's HTTP handshake failed: it reset.
+fn handshake_failed(ctx: &WorkerCtx, plan: &Plan, e: &hyper::Error) -> Failed {
+    tracing::debug!(worker = ctx.id, upstream = %plan.target, error = %e, "upstream HTTP handshake failed");
+    (StatusCode::BAD_GATEWAY, "upstream reset")
+}
+
+/// A new upstream connection: `open`, then the HTTP handshake of the downstream's version,
+/// its connection task spawned on the worker.
+async fn connect(cx: &Exchange, live: &LiveConfig, plan: &Plan) -> Result<Sender, Failed> {
+    let ctx = &cx.ctx;
+    let io = open(cx, live, plan).await?;
+    let reset = |e: hyper::Error| handshake_failed(ctx, plan, &e);
     match cx.wire {
         Wire::H1 => {
             let (sender, conn) = hyper::client::conn::http1::Builder::new()
