@@ -586,6 +586,10 @@ fn malformed_http_never_reaches_the_app(driver: DriverChoice) {
         (b"GET /x HTTP/1.1\r\nHost a\r\n\r\n", "HTTP/1.1 400"),
         (b"GET\x01/ HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
         (b"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400"),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
     ] {
         assert!(
             raw_status(to, raw).starts_with(want),

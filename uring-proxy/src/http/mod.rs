@@ -316,18 +316,15 @@ async fn handle(
     }
 
     // 1. Check.
-    let target = match refused_h1(cx).map_or_else(|| check(&req), Err) {
+    let checked = match refused_h1(cx) {
+        Some(reason) => Err((StatusCode::BAD_REQUEST, reason)),
+        None => check(&req),
+    };
+    let target = match checked {
         Ok(t) => t,
-        Err(reason) => {
+        Err(failed) => {
             shard.http.request(&labels);
-            return Ok(local(
-                cx,
-                &labels,
-                start,
-                (StatusCode::BAD_REQUEST, reason),
-                (true, grpc),
-                trail,
-            ));
+            return Ok(local(cx, &labels, start, failed, (true, grpc), trail));
         }
     };
 
@@ -473,10 +470,15 @@ fn refused_h1(cx: &Exchange) -> Option<&'static str> {
     }
 }
 
-fn check(req: &Request<Incoming>) -> Result<Target, &'static str> {
+fn check(req: &Request<Incoming>) -> Result<Target, Failed> {
     let h = req.headers();
     if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Err("more than one Content-Length");
+        return Err((StatusCode::BAD_REQUEST, "more than one Content-Length"));
+    }
+    // A proxy tunnel inside the app's traffic is not carried: its connections are already
+    // intercepted on their way to where they were sent.
+    if req.method() == hyper::Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported"));
     }
     let raw = req.uri().path_and_query().map_or("/", |p| p.as_str());
     if raw == "*" && req.method() == hyper::Method::OPTIONS {
@@ -485,13 +487,16 @@ fn check(req: &Request<Incoming>) -> Result<Target, &'static str> {
             path_len: 1,
         });
     }
-    let (path, query) = normalize_path(raw).map_err(|e| match e {
-        ringmesh_core::http::PathError::NotAbsolute => "the request target is not a path",
-        ringmesh_core::http::PathError::BadPercent => "bad percent-encoding in the path",
-        ringmesh_core::http::PathError::EncodedSeparator => {
-            "an encoded '/', '\\' or NUL in the path"
-        }
-        ringmesh_core::http::PathError::AboveRoot => "the path climbs above the root",
+    let (path, query) = normalize_path(raw).map_err(|e| {
+        let reason = match e {
+            ringmesh_core::http::PathError::NotAbsolute => "the request target is not a path",
+            ringmesh_core::http::PathError::BadPercent => "bad percent-encoding in the path",
+            ringmesh_core::http::PathError::EncodedSeparator => {
+                "an encoded '/', '\\' or NUL in the path"
+            }
+            ringmesh_core::http::PathError::AboveRoot => "the path climbs above the root",
+        };
+        (StatusCode::BAD_REQUEST, reason)
     })?;
     let path_len = path.len();
     Ok(Target {
