@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # ringmesh's HTTP engine side by side with its L4 path and nginx's HTTP reverse proxy (the L7
-# peer), in one run, in interleaved rounds; then new connections per request through two
-# mTLS sidecars, with and without the upstream pool. Writes perf/HTTP.md. A benchmark, not a
-# test: nothing here passes or fails on a number.
+# peer), in one run, in interleaved rounds; then new connections per request and keep-alive
+# through two mTLS sidecars, with and without the upstream pool and with HTTP/1.1 carried
+# over HTTP/2 between them. Writes perf/HTTP.md. A benchmark, not a test: nothing here passes
+# or fails on a number.
 #
-#   perf/http.sh                          # the full run (about 6 minutes on 2 cores)
+#   perf/http.sh                          # the full run (about 8 minutes on 2 cores)
 #   ROUNDS=1 DURATION=2s perf/http.sh     # a quick look
 #
 # Knobs (environment): ROUNDS DURATION WARMUP CONNS RATE LOAD_CPUS PROXY_CPUS WORKERS MESH
@@ -23,10 +24,11 @@
 #
 # Part 2, two pods joined by a veth pair (bench/testbed.sh), mTLS sidecars in both with
 # identities from `meshctl identity serve`: one HTTP/1.1 request per client connection, 16 at a
-# time, through three sidecar pairs: l4 (the port pinned opaque: one mTLS handshake per client
-# connection), http-nopool (the HTTP engine with `pool_max_idle: 0`: the same, plus HTTP) and
-# http-pooled (the defaults: client connections end at the sidecar, requests ride pooled mTLS
-# connections).
+# time, and keep-alive (CONNS connections), through four sidecar pairs: l4 (the port pinned
+# opaque: one mTLS handshake per client connection), http-nopool (the HTTP engine with
+# `pool_max_idle: 0`: the same, plus HTTP), http-pooled (the defaults: client connections end
+# at the sidecar, requests ride pooled mTLS connections) and http-h2 (`h2_between_proxies`:
+# the requests ride as streams of one HTTP/2 mTLS connection per worker).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -171,7 +173,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 if [[ $MESH == 1 ]]; then
-  echo "== two pods, mTLS sidecars, one request per client connection"
+  echo "== two pods, mTLS sidecars"
   testbed_up
   tb_spawn "$POD_B" "$OUT/mesh-http.log" taskset -c "$LOAD_CPUS" "$bin/mesh-bench" serve http --listen "[::]:9001" --response-size 64
   ID_A=spiffe://cluster.local/ns/perf/sa/pod-a
@@ -181,12 +183,13 @@ if [[ $MESH == 1 ]]; then
     --map "1337=$ID_A" --map "0=$ID_B"
   declare -A PAIR_PIDS
   pair=0
-  for variant in l4 http-nopool http-pooled; do
+  for variant in l4 http-nopool http-pooled http-h2; do
     base=$((15300 + pair * 10))
     case $variant in
       l4) extra="protocols: { ports: { 9001: opaque } }" ;;
       http-nopool) extra="http: { pool_max_idle: 0 }" ;;
       http-pooled) extra="" ;;
+      http-h2) extra="http: { h2_between_proxies: true }" ;;
     esac
     cat >"$OUT/$variant-a.yaml" <<CONF
 listeners: { outbound: "[::]:$((base + 1))", inbound: "[::]:$((base + 6))" }
@@ -219,7 +222,7 @@ CONF
   for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round of $ROUNDS (two mTLS sidecars)"
     pair=0
-    for variant in direct l4 http-nopool http-pooled; do
+    for variant in direct l4 http-nopool http-pooled http-h2; do
       for pod in "$POD_A" "$POD_B"; do in_pod "$pod" "$bin/mesh-redirect" uninstall >/dev/null; done
       if [[ $variant != direct ]]; then
         base=$((15300 + pair * 10))
@@ -227,8 +230,10 @@ CONF
         in_pod "$POD_A" "$bin/mesh-redirect" install --outbound-port $((base + 1)) --inbound-port $((base + 6)) --proxy-uid 1337 --no-mark >/dev/null
         in_pod "$POD_B" "$bin/mesh-redirect" install --outbound-port $((base + 1)) --inbound-port $((base + 6)) >/dev/null
       fi
-      # shellcheck disable=SC2086
-      run_one mesh conn "$round" "$variant" "$POD_A" "$POD_B_IP4:9001" ${PAIR_PIDS[$variant]:-}
+      for scenario in conn keepalive; do
+        # shellcheck disable=SC2086
+        run_one mesh "$scenario" "$round" "$variant" "$POD_A" "$POD_B_IP4:9001" ${PAIR_PIDS[$variant]:-}
+      done
     done
   done
 fi
@@ -247,7 +252,7 @@ out = []
 titles = {"keepalive": "keep-alive, closed loop", "rate": "fixed rate, open loop", "conn": "one request per connection"}
 for part, heading, contenders in [
     ("loopback", "HTTP engine, L4 path and nginx http, one namespace", ["direct", "nginx-http", "uring-http", "uring-l4"]),
-    ("mesh", "two pods, mTLS sidecars, one request per client connection", ["direct", "l4", "http-nopool", "http-pooled"]),
+    ("mesh", "two pods, mTLS sidecars", ["direct", "l4", "http-nopool", "http-pooled", "http-h2"]),
 ]:
     scen = sorted({k[1] for k in by if k[0] == part}, key=list(titles).index)
     if not scen: continue

@@ -499,6 +499,9 @@ pub struct HttpPolicy {
     pub pool_idle_timeout: std::time::Duration,
     /// HTTP/2 streams at once on one downstream connection.
     pub max_concurrent_streams: u32,
+    /// HTTP/1.1 requests to a meshed endpoint go as HTTP/2 streams, marked with
+    /// [`ORIG_PROTO`], and the peer sends them on as HTTP/1.1.
+    pub h2_between_proxies: bool,
     pub access_log: access_log::AccessLogPolicy,
     pub tracing: trace::TracingPolicy,
 }
@@ -515,6 +518,7 @@ impl Default for HttpPolicy {
             pool_max_idle: 256,
             pool_idle_timeout: std::time::Duration::from_secs(90),
             max_concurrent_streams: 100,
+            h2_between_proxies: false,
             access_log: access_log::AccessLogPolicy::default(),
             tracing: trace::TracingPolicy::default(),
         }
@@ -562,6 +566,11 @@ impl fmt::Display for RouteName<'_> {
 }
 
 pub mod access_log;
+/// The header on an HTTP/2 stream between two ringmesh proxies that carries an HTTP/1.1
+/// request (`HttpPolicy::h2_between_proxies`): the peer sends it on to its app as HTTP/1.1.
+/// Honoured only from a peer proxy (over mTLS), removed before the app.
+pub const ORIG_PROTO: &str = "ringmesh-orig-proto";
+
 pub mod framing;
 pub mod trace;
 

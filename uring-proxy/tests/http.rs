@@ -31,6 +31,7 @@ both_drivers!(
     malformed_http_never_reaches_the_app,
     opaque_tcp_keeps_its_path,
     websocket_upgrade_is_a_tunnel,
+    http1_over_http2_between_proxies,
     websockets_from_a_peer_nobody_here_wrote,
     http2_prior_knowledge_through_two_sidecars,
     grpc_from_a_peer_nobody_here_wrote,
@@ -40,7 +41,8 @@ both_drivers!(
 
 /// An HTTP/1.1 and h2c app (hyper on its own tokio thread): `/echo` streams the request body
 /// back, `/status/N` answers N, `/version` the HTTP version it was asked in, anything else
-/// answers `METHOD path`. It keeps what it was asked.
+/// answers `METHOD path`, `/headers` the names of the headers it got. It keeps what it was
+/// asked.
 struct App {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
@@ -101,6 +103,12 @@ fn answer(seen: &Mutex<Vec<String>>, req: Request<Incoming>) -> Response<AppBody
             .get("traceparent")
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
+        return Response::new(http_body_util::Either::Right(Full::new(Bytes::from(v))));
+    }
+    if path == "/headers" {
+        let mut names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        let v = names.join(",");
         return Response::new(http_body_util::Either::Right(Full::new(Bytes::from(v))));
     }
     if path == "/version" {
@@ -752,6 +760,81 @@ fn opaque_tcp_keeps_its_path(driver: DriverChoice) {
     c.read_exact(&mut buf)
         .expect("greeting within 500 ms (well under the detection timeout)");
     assert_eq!(&buf, b"220 hello\r\n");
+}
+
+/// `http.h2_between_proxies`: HTTP/1.1 from the app travels between the proxies as streams of
+/// one HTTP/2 connection per worker, and reaches the app as HTTP/1.1 with nothing added; the
+/// mark is honoured only from a peer proxy.
+fn http1_over_http2_between_proxies(driver: DriverChoice) {
+    let ids = Identities::start(Duration::from_secs(3600));
+    let app = app();
+    let sp = server_proxy(driver, &ids, app.addr, "");
+    let cp = client_proxy(
+        driver,
+        &ids,
+        sp.inbound_addr(),
+        "http: { h2_between_proxies: true }",
+    );
+    // Keep-alive HTTP/1.1 from curl: the app sees HTTP/1.1, its Host, and no mark.
+    let out = curl(&[
+        "-w",
+        "|%{http_version}\n",
+        &url(&cp, "/version"),
+        &url(&cp, "/headers"),
+        &url(&cp, "/status/404"),
+    ]);
+    assert_eq!(
+        out, "HTTP/1.1|1.1\naccept,host,traceparent,user-agent|1.1\nGET /status/404|1.1\n",
+        "curl's view"
+    );
+    // A body both ways, byte exact, and a connection per request.
+    let dir = support::ScratchDir::new("ringmesh-h1-over-h2");
+    let data = pattern(8 << 20);
+    std::fs::write(dir.join("body"), &data).unwrap();
+    let back = dir.join("back");
+    curl(&[
+        "--data-binary",
+        &format!("@{}", dir.join("body").display()),
+        "-o",
+        back.to_str().unwrap(),
+        &url(&cp, "/echo"),
+    ]);
+    assert!(std::fs::read(&back).unwrap() == data, "echo differs");
+    for i in 0..6 {
+        assert_eq!(curl(&[&url(&cp, &format!("/n{i}"))]), format!("GET /n{i}"));
+    }
+    // Eight client connections; between the proxies, at most one HTTP/2 connection per
+    // client-proxy worker (two), detected as such by the server's proxy.
+    let h2 = metric(&sp, "ringmesh_http_detected_total{protocol=\"http2\"}");
+    assert!(
+        (1..=2).contains(&h2),
+        "{h2} HTTP/2 connections between the proxies"
+    );
+    assert_eq!(
+        metric(&sp, "ringmesh_http_detected_total{protocol=\"http1\"}"),
+        0
+    );
+    assert_eq!(
+        metric(
+            &cp,
+            "ringmesh_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}"
+        ),
+        h2
+    );
+    assert_eq!(
+        metric(&sp, "ringmesh_http_requests_total{direction=\"inbound\"}"),
+        10
+    );
+
+    // The mark from a client that is not a peer proxy (plaintext h2c to the permissive
+    // inbound port) is dropped: the request stays HTTP/2, and the app never sees it.
+    let direct = format!("http://{}", sp.inbound_addr());
+    let mark = "ringmesh-orig-proto: HTTP/1.1";
+    let h2c = ["--http2-prior-knowledge", "-H", mark];
+    let version = curl(&[&h2c[..], &[&format!("{direct}/version")]].concat());
+    assert_eq!(version, "HTTP/2.0");
+    let headers = curl(&[&h2c[..], &[&format!("{direct}/headers")]].concat());
+    assert!(!headers.contains("ringmesh-orig-proto"), "{headers}");
 }
 
 /// A WebSocket-style app, HTTP/1.1 with keep-alive: `/chat` with `Upgrade: websocket` is

@@ -945,6 +945,7 @@ fn validate_http(
         pool_max_idle: raw.pool_max_idle.min(bounds::HTTP_POOL_IDLE) as usize,
         pool_idle_timeout: pool_idle_timeout.unwrap_or(defaults.pool_idle_timeout),
         max_concurrent_streams,
+        h2_between_proxies: raw.h2_between_proxies,
         access_log,
         tracing,
     }

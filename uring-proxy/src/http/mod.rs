@@ -37,7 +37,7 @@ use monoio::net::TcpStream;
 use ringmesh_core::access::Destination;
 use ringmesh_core::config::LiveConfig;
 use ringmesh_core::decide;
-use ringmesh_core::http::{Headers, MethodClass, RequestView, normalize_path};
+use ringmesh_core::http::{Headers, MethodClass, ORIG_PROTO, RequestView, normalize_path};
 use ringmesh_core::metrics::{Direction, Outcome, RequestLabels, ResponseLabels, Side};
 use ringmesh_core::{OrigDst, SpiffeId};
 
@@ -360,13 +360,23 @@ async fn handle(
         Wire::H1 => upgrade::asked(&req),
         Wire::H2 => None,
     };
-    let mut req = outgoing(req, &target, cx.wire);
-    trail::propagate(req.headers_mut(), &span);
+    let up_wire = upstream_wire(cx, live, &plan, &req, upgrade.is_some());
+    let mut req = outgoing(req, &target, up_wire);
+    let h = req.headers_mut();
+    match (cx.wire, up_wire) {
+        (Wire::H1, Wire::H2) => {
+            h.insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        }
+        _ => {
+            h.remove(ORIG_PROTO);
+        }
+    }
+    trail::propagate(h, &span);
     let result = match upgrade {
         Some(protocol) => upgrade::forward(cx, live, &plan, req, protocol)
             .await
             .map(|resp| (resp, None)),
-        None => forward(cx, live, &plan, req).await,
+        None => forward(cx, live, &plan, req, up_wire).await,
     };
     drop(snap);
     match result {
@@ -453,6 +463,36 @@ struct Target {
 impl Target {
     fn path(&self) -> &str {
         &self.path_and_query[..self.path_len]
+    }
+}
+
+/// The HTTP a request goes upstream in: the downstream's, but for the two ends of
+/// `http.h2_between_proxies`: an HTTP/1.1 request (not an upgrade) to a meshed endpoint goes
+/// as HTTP/2, and one that came that way from a peer proxy (mTLS, marked with
+/// [`ORIG_PROTO`]) goes to the app as HTTP/1.1 again.
+fn upstream_wire(
+    cx: &Exchange,
+    live: &LiveConfig,
+    plan: &Plan,
+    req: &Request<Incoming>,
+    upgrade: bool,
+) -> Wire {
+    match (cx.wire, cx.dir) {
+        (Wire::H1, Direction::Outbound)
+            if live.http.h2_between_proxies && plan.identity.is_some() && !upgrade =>
+        {
+            Wire::H2
+        }
+        (Wire::H2, Direction::Inbound)
+            if cx.peer.is_some()
+                && req
+                    .headers()
+                    .get(ORIG_PROTO)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"HTTP/1.1")) =>
+        {
+            Wire::H1
+        }
+        (wire, _) => wire,
     }
 }
 
@@ -606,7 +646,16 @@ const HOP_BY_HOP: [&str; 6] = [
 /// as its pseudo-headers must.
 fn outgoing(mut req: Request<Incoming>, target: &Target, wire: Wire) -> Request<Incoming> {
     let uri = match wire {
-        Wire::H1 => target.path_and_query.parse::<hyper::Uri>().ok(),
+        Wire::H1 => {
+            // From HTTP/2 (a peer's `h2_between_proxies`), the authority was `:authority`.
+            if !req.headers().contains_key(header::HOST)
+                && let Some(a) = req.uri().authority()
+                && let Ok(v) = HeaderValue::from_str(a.as_str())
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+            target.path_and_query.parse::<hyper::Uri>().ok()
+        }
         Wire::H2 => {
             let authority = req
                 .uri()
@@ -674,13 +723,14 @@ async fn forward(
     live: &LiveConfig,
     plan: &Plan,
     req: Request<Incoming>,
+    wire: Wire,
 ) -> Result<(Response<Incoming>, Option<body::Return>), Failed> {
     let ctx = &cx.ctx;
     let key = PoolKey {
         workload: cx.w.index,
         target: plan.target,
         identity: plan.identity.clone(),
-        wire: cx.wire,
+        wire,
     };
     let http = &live.http;
     let shard = ctx.shard(&cx.w);
@@ -693,7 +743,7 @@ async fn forward(
         let mut sender = match pooled.take() {
             Some(s) => s,
             None => {
-                let new = connect(cx, live, plan).await?;
+                let new = connect(cx, live, plan, wire).await?;
                 // An HTTP/2 connection is shared from the start: requests that come while
                 // this one is in flight multiplex on it.
                 if let Sender::H2(s) = &new {
@@ -779,13 +829,18 @@ fn handshake_failed(ctx: &WorkerCtx, plan: &Plan, e: &hyper::Error) -> Failed {
     (StatusCode::BAD_GATEWAY, "upstream reset")
 }
 
-/// A new upstream connection: `open`, then the HTTP handshake of the downstream's version,
-/// its connection task spawned on the worker.
-async fn connect(cx: &Exchange, live: &LiveConfig, plan: &Plan) -> Result<Sender, Failed> {
+/// A new upstream connection: `open`, then the HTTP handshake of `wire`, its connection task
+/// spawned on the worker.
+async fn connect(
+    cx: &Exchange,
+    live: &LiveConfig,
+    plan: &Plan,
+    wire: Wire,
+) -> Result<Sender, Failed> {
     let ctx = &cx.ctx;
     let io = open(cx, live, plan).await?;
     let reset = |e: hyper::Error| handshake_failed(ctx, plan, &e);
-    match cx.wire {
+    match wire {
         Wire::H1 => {
             let (sender, conn) = hyper::client::conn::http1::Builder::new()
                 .writev(true)
