@@ -518,7 +518,7 @@ impl Default for HttpPolicy {
             pool_max_idle: 256,
             pool_idle_timeout: std::time::Duration::from_secs(90),
             max_concurrent_streams: 100,
-            h2_between_proxies: false,
+            h2_between_proxies: true,
             access_log: access_log::AccessLogPolicy::default(),
             tracing: trace::TracingPolicy::default(),
         }

@@ -219,10 +219,12 @@ fn keep_alive_requests_through_two_sidecars(driver: DriverChoice) {
             ),
             1
         );
+        // Between the proxies the requests ride HTTP/2 (`h2_between_proxies`, the default).
+        let wire = if dir == "outbound" { "http1" } else { "http2" };
         assert_eq!(
             metric(
                 p,
-                &format!("ringmesh_http_detected_total{{direction=\"{dir}\",protocol=\"http1\"}}")
+                &format!("ringmesh_http_detected_total{{direction=\"{dir}\",protocol=\"{wire}\"}}")
             ),
             1
         );
@@ -788,7 +790,10 @@ fn http1_over_http2_between_proxies(driver: DriverChoice) {
         "curl's view"
     );
     // A body both ways, byte exact, and a connection per request.
-    let dir = support::ScratchDir::new("ringmesh-h1-over-h2");
+    let dir = ScratchDir::new(&format!(
+        "ringmesh-h1-over-h2-{}-{driver:?}",
+        std::process::id()
+    ));
     let data = pattern(8 << 20);
     std::fs::write(dir.join("body"), &data).unwrap();
     let back = dir.join("back");

@@ -283,7 +283,7 @@ pub struct RawHttp {
     /// HTTP/1.1 requests to another ringmesh proxy (a meshed endpoint) travel as streams of
     /// one HTTP/2 connection per endpoint and worker (linkerd's idea), and leave the peer as
     /// HTTP/1.1 again.
-    #[serde(default)]
+    #[serde(default = "default_true")]
     pub h2_between_proxies: bool,
     /// One line per request, written off the workers.
     #[serde(default)]
@@ -305,7 +305,7 @@ impl Default for RawHttp {
             pool_max_idle: default_pool_max_idle(),
             pool_idle_timeout: default_pool_idle_timeout(),
             max_concurrent_streams: default_max_concurrent_streams(),
-            h2_between_proxies: false,
+            h2_between_proxies: true,
             access_log: RawAccessLog::default(),
             tracing: RawTracing::default(),
             route_groups: Vec::new(),

@@ -441,6 +441,8 @@ fn new_trail(
             .map_or("/", |p| p.as_str())
             .to_owned(),
         protocol: match req.version() {
+            // As the app sent it and gets it.
+            hyper::Version::HTTP_2 if carried_h1(cx, req) => "HTTP/1.1",
             hyper::Version::HTTP_2 => "HTTP/2.0",
             hyper::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
@@ -483,17 +485,21 @@ fn upstream_wire(
         {
             Wire::H2
         }
-        (Wire::H2, Direction::Inbound)
-            if cx.peer.is_some()
-                && req
-                    .headers()
-                    .get(ORIG_PROTO)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"HTTP/1.1")) =>
-        {
-            Wire::H1
-        }
+        _ if carried_h1(cx, req) => Wire::H1,
         (wire, _) => wire,
     }
+}
+
+/// Whether an inbound HTTP/2 request is an HTTP/1.1 one a peer proxy carried
+/// (`h2_between_proxies`): marked with [`ORIG_PROTO`], and over mTLS.
+fn carried_h1(cx: &Exchange, req: &Request<Incoming>) -> bool {
+    cx.wire == Wire::H2
+        && cx.dir == Direction::Inbound
+        && cx.peer.is_some()
+        && req
+            .headers()
+            .get(ORIG_PROTO)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"HTTP/1.1"))
 }
 
 /// Whether the `Watch` refused this HTTP/1 request (the engine no longer shows what it
